@@ -1,0 +1,159 @@
+"""Command-line entry: the TUI, `lab`, `rules`.
+
+Errors reach the user as one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from fwtop.firewall import FirewallError, load_ruleset, require_root
+from fwtop.firewall.libnft import NftError
+from fwtop.firewall.netns import NetnsError, enter, resolve
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class CliError(Exception):
+    """A failure explained in one line."""
+
+
+def _add_netns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--netns", metavar="NAME|PID",
+                   help="work inside this network namespace "
+                        "(a name from `ip netns list`, or a PID)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fwtop",
+        description="See what your firewall drops, live: packets, drops, rule counters, conntrack.",
+    )
+    _add_netns(parser)
+    parser.add_argument("--iface", help="capture on this interface only")
+    parser.add_argument("--capture-filter", metavar="BPF", help="tcpdump-style capture filter")
+    parser.add_argument("--lab", action="store_true",
+                        help="bring up the built-in lab (a broken firewall in throwaway "
+                             "namespaces) and open the TUI on it")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="counter poll interval in seconds (default 1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_lab = sub.add_parser("lab", help="bring the built-in lab up or down")
+    p_lab.add_argument("action", choices=["up", "down", "status"])
+    p_lab.add_argument("--scenario", default="default")
+    p_lab.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
+    p_lab.add_argument("--no-traffic", action="store_true",
+                       help="do not start the traffic generator")
+
+    p_rules = sub.add_parser("rules", help="print every rule and policy of every backend")
+    _add_netns(p_rules)
+    p_rules.add_argument("--json", action="store_true", help="JSON output")
+    return parser
+
+
+def _enter_netns(spec: str | None) -> str | None:
+    ns = resolve(spec)
+    if ns is not None:
+        enter(ns)
+        return ns.name
+    return None
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from fwtop.core.report import ruleset_dict
+
+    require_root()
+    name = _enter_netns(args.netns)
+    ruleset = load_ruleset()
+    data = ruleset_dict(ruleset, name)
+    if args.json:
+        json.dump(data, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    for b in data["backends"]:
+        state = "ok" if b["available"] else "off"
+        print(f"# {b['backend']}: {state}" + (f" ({b['reason']})" if b["reason"] else ""))
+    for chain in ruleset.chains():
+        head = f"{chain.backend} {chain.family} {chain.table} {chain.name}"
+        if chain.policy is not None:
+            pc = chain.policy.counters
+            cnt = f" [{pc.packets} pkts]" if pc else ""
+            head += f" (hook {chain.hook} prio {chain.priority} policy {chain.policy.verdict}{cnt})"
+        print(head)
+        for r in chain.rules:
+            cnt = f"{r.counters.packets:>10} {r.counters.bytes:>12}" if r.counters else " " * 23
+            ident = f"h{r.handle}" if r.handle is not None else f"#{r.position}"
+            print(f"  {ident:>6} {cnt}  {r.text}")
+    for w in ruleset.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from fwtop import lab
+
+    require_root()
+    prefix = args.prefix or lab.DEFAULT_PREFIX
+    if args.action == "up":
+        info = lab.up(prefix, scenario=args.scenario, traffic=not args.no_traffic)
+        print(f"lab up: firewall namespace {info.fw_ns} (client {info.client_ns}, "
+              f"backend {info.backend_ns}); open it with: fwtop --netns {info.fw_ns}")
+    elif args.action == "down":
+        print("lab down" if lab.down(prefix) else "lab was not up")
+    else:
+        print("up" if lab.is_up(prefix) else "down")
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from fwtop import lab
+
+    require_root()
+    created_lab = False
+    netns = args.netns
+    if args.lab:
+        if netns:
+            raise CliError("--lab and --netns cannot be combined: the lab has its own namespace")
+        if not lab.is_up(lab.DEFAULT_PREFIX):
+            lab.up(lab.DEFAULT_PREFIX)
+            created_lab = True
+        netns = f"{lab.DEFAULT_PREFIX}-fw"
+    try:
+        ns = resolve(netns)
+        from fwtop.ui.app import run_app
+
+        run_app(netns=ns, interval=args.interval, lab=args.lab)
+    finally:
+        if created_lab:
+            lab.down(lab.DEFAULT_PREFIX)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"rules": cmd_rules, "lab": cmd_lab, None: cmd_tui}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `fwtop rules | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
+    except (CliError, FirewallError, NetnsError, NftError) as exc:
+        print(f"fwtop: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # the lab's and backends' own error types end up here too
+        name = type(exc).__name__
+        if name in ("LabError", "LegacyUnavailable", "NftNetlinkError"):
+            print(f"fwtop: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
