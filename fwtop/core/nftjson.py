@@ -144,10 +144,14 @@ def rule_from_json(exprs: list[dict[str, Any]]) -> tuple[
             continue
         (key, val), = expr.items()
         if key == "match" and isinstance(val, dict):
-            matches.append(match_from_json(val))
+            try:
+                matches.append(match_from_json(val))
+            except (AttributeError, TypeError, ValueError, KeyError):
+                matches.append(UnknownMatch(_compact(expr)))  # malformed: keep, never raise
         elif key == "counter":
-            if counters is None and isinstance(val, dict):
-                counters = Counters(int(val.get("packets", 0)), int(val.get("bytes", 0)))
+            packets, nbytes = (val.get("packets"), val.get("bytes")) if isinstance(val, dict) else (0, 0)
+            if counters is None and isinstance(packets, int) and isinstance(nbytes, int):
+                counters = Counters(packets, nbytes)
         elif key in _VERDICT_KEYS:
             verdict = _VERDICT_KEYS[key]
             if key == "reject" and val:

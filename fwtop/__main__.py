@@ -1,0 +1,5 @@
+import sys
+
+from fwtop.cli import main
+
+sys.exit(main())
