@@ -149,7 +149,8 @@ def rule_from_json(exprs: list[dict[str, Any]]) -> tuple[
             except (AttributeError, TypeError, ValueError, KeyError):
                 matches.append(UnknownMatch(_compact(expr)))  # malformed: keep, never raise
         elif key == "counter":
-            packets, nbytes = (val.get("packets"), val.get("bytes")) if isinstance(val, dict) else (0, 0)
+            packets = val.get("packets") if isinstance(val, dict) else None
+            nbytes = val.get("bytes") if isinstance(val, dict) else None
             if counters is None and isinstance(packets, int) and isinstance(nbytes, int):
                 counters = Counters(packets, nbytes)
         elif key in _VERDICT_KEYS:

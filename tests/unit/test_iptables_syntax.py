@@ -76,7 +76,7 @@ def test_jump_vs_extension_target() -> None:
 
 
 def test_user_chain_in_upper_case_is_a_jump() -> None:
-    matches, verdict, target, _ = parse_rule_args(["-j", "DOCKER"], frozenset({"DOCKER"}))
+    _, verdict, target, _ = parse_rule_args(["-j", "DOCKER"], frozenset({"DOCKER"}))
     assert (verdict, target) == ("jump", "DOCKER")
     _, verdict, target, _ = parse_rule_args(["-j", "DNAT", "--to-destination", "10.0.0.5:80"])
     assert verdict == "accept" and target == "DNAT --to-destination 10.0.0.5:80"

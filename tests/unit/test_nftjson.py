@@ -71,7 +71,7 @@ def test_nat_statement_ends_chain_with_accept() -> None:
     text = (FIXTURES / "mixed_ruleset.json").read_text()
     (nat,) = [o["rule"] for o in iter_json_objects(text)
               if "rule" in o and o["rule"]["table"] == "nat"]
-    matches, verdict, target, _ = rule_from_json(nat["expr"])
+    _, verdict, target, _ = rule_from_json(nat["expr"])
     assert verdict == "accept" and target is not None and target.startswith("dnat")
 
 
