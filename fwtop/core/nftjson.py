@@ -143,37 +143,36 @@ def rule_from_json(exprs: list[dict[str, Any]]) -> tuple[
             matches.append(UnknownMatch(_compact(expr)))
             continue
         (key, val), = expr.items()
-        if key == "match" and isinstance(val, dict):
+        args: dict[str, Any] = val if isinstance(val, dict) else {}
+        if key == "match" and args:
             try:
-                matches.append(match_from_json(val))
+                matches.append(match_from_json(args))
             except (AttributeError, TypeError, ValueError, KeyError):
                 matches.append(UnknownMatch(_compact(expr)))  # malformed: keep, never raise
         elif key == "counter":
-            packets = val.get("packets") if isinstance(val, dict) else None
-            nbytes = val.get("bytes") if isinstance(val, dict) else None
+            packets, nbytes = args.get("packets"), args.get("bytes")
             if counters is None and isinstance(packets, int) and isinstance(nbytes, int):
                 counters = Counters(packets, nbytes)
         elif key in _VERDICT_KEYS:
             verdict = _VERDICT_KEYS[key]
             if key == "reject" and val:
                 target = "reject " + _compact(val)
-        elif key in ("jump", "goto") and isinstance(val, dict):
+        elif key in ("jump", "goto") and isinstance(args.get("target"), str):
             verdict = "jump" if key == "jump" else "goto"
-            target = str(val.get("target"))
+            target = args["target"]
         elif key in _NAT_KEYS:
             # A nat statement ends its chain with accept, like iptables' DNAT target.
             verdict = "accept"
             target = key + (" " + _compact(val) if val else "")
-        elif key == "vmap" or (key == "xt" and isinstance(val, dict)
-                               and val.get("type") == "target"):
+        elif key == "vmap" or (key == "xt" and args.get("type") == "target"):
             verdict = "unknown"
             target = _compact(expr)
         elif key in _STATEFUL_KEYS:
             matches.append(UnknownMatch(_compact(expr), stateful=True))
-        elif key == "xt" and isinstance(val, dict) and val.get("name") == "comment":
+        elif key == "xt" and args.get("name") == "comment":
             continue  # comment recovered from iptables-nft-save by the backend
         elif key == "xt":
-            matches.append(UnknownMatch(_compact(expr), stateful=val.get("name") in (
+            matches.append(UnknownMatch(_compact(expr), stateful=args.get("name") in (
                 "limit", "recent", "hashlimit", "connmark", "quota", "connlimit", "statistic")))
         elif key in _PASSIVE_KEYS:
             continue
