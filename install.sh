@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install fwtop and everything it needs on Debian/Ubuntu, as root:
+#   ./install.sh          kernel tools, a venv in .venv, `fwtop` on PATH (/usr/local/bin)
+#   ./install.sh --dev    the same plus the test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (fwtop reads and, on request, edits the kernel's firewall)" >&2
+  exit 1
+fi
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+# Kernel-side tools: nft/libnftables, iptables (nft and legacy), conntrack, tcpdump, iproute2.
+# python3-dev and gcc build python-iptables' small C helper.
+packages=(python3 python3-venv python3-dev gcc libc6-dev nftables libnftables1 iptables
+          conntrack iproute2 tcpdump procps util-linux kmod)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Prefer the interpreter on PATH (which may be newer than Debian's); it must be 3.11+.
+py=python3
+if ! "$py" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "install.sh: fwtop needs Python 3.11 or newer" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' 2>/dev/null; then
+  rm -rf .venv
+  "$py" -m venv .venv
+fi
+extra=""
+[ "$dev" = 1 ] && extra="[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 \
+  | grep -v -e "^WARNING: Location" -e "is ignored" || true
+.venv/bin/python -c 'import fwtop.cli, textual, iptc' \
+  || { echo "install.sh: the Python install did not complete" >&2; exit 1; }
+
+ln -sf "$PWD/.venv/bin/fwtop" /usr/local/bin/fwtop
+echo "fwtop installed: $(command -v fwtop)"
