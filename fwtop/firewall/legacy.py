@@ -15,7 +15,10 @@ from fwtop.core.iptables_syntax import parse_rule_args
 from fwtop.core.model import Backend, Chain, Counters, Policy, Rule, Table, Verdict, rule_key
 
 BACKEND: Backend = "iptables-legacy"
-_NAMES_FILES = {"ip": "/proc/net/ip_tables_names", "ip6": "/proc/net/ip6_tables_names"}
+# /proc/net follows the main thread's namespace; thread-self follows the reading thread's, which
+# is the one that entered the namespace being read.
+_NAMES_FILES = {"ip": "/proc/thread-self/net/ip_tables_names",
+                "ip6": "/proc/thread-self/net/ip6_tables_names"}
 _BUILTIN_POLICIES: dict[str, Verdict] = {"ACCEPT": "accept", "DROP": "drop"}
 
 

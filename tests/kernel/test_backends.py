@@ -134,3 +134,4 @@ def test_missing_namespace_and_bad_input_are_one_line_errors() -> None:
     assert out.stderr.strip() == ("fwtop: network namespace 'no-such-ns-xyz' not found "
                                   "(see `ip netns list`)")
     assert "Traceback" not in out.stderr
+
