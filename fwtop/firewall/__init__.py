@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 
 from fwtop.core.model import BackendStatus, Ruleset, Table
@@ -50,4 +52,14 @@ def load_ruleset() -> Ruleset:
             status.append(BackendStatus("iptables-legacy", False, str(exc)))
     else:
         status.append(BackendStatus("iptables-legacy", False, reason))
+    _return_freed_memory()
     return Ruleset(tuple(tables), tuple(status), None, tuple(warnings))
+
+
+def _return_freed_memory() -> None:
+    """A big ruleset's listings are decoded and dropped; glibc keeps that heap unless asked, and
+    fwtop is a long-running monitor whose footprint users watch."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

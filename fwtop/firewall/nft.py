@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fwtop.core.iptables_syntax import SaveTable, parse_save
+from fwtop.core.iptables_syntax import SaveRule, SaveTable, parse_save
 from fwtop.core.model import (
     Backend,
     Chain,
@@ -27,7 +27,7 @@ from fwtop.core.model import (
     rule_key,
 )
 from fwtop.core.nftjson import rule_from_json
-from fwtop.firewall.libnft import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_STATELESS, Nft
+from fwtop.firewall.libnft import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_STATELESS, Nft, NftError
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 _SAVE_COMMANDS = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
@@ -37,26 +37,6 @@ _CHAIN_RE = re.compile(r"^\s*chain (\S+) \{")
 _FIREWALLD_ZONE_RE = re.compile(
     r"_(?:IN|FWD|FWDI|FWDO|OUT|PRE|POST)_(.+?)(?:_(?:allow|deny|log|pre|post|dnat|snat))?$"
 )
-
-
-@dataclass(slots=True)
-class _RawChain:
-    family: str
-    table: str
-    name: str
-    hook: str | None
-    prio: int | None
-    type: str | None
-    policy: str | None
-    rules: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _RawTable:
-    family: str
-    name: str
-    chains: dict[str, _RawChain] = field(default_factory=dict)
-    sets: list[NamedSet] = field(default_factory=list)
 
 
 def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
@@ -89,38 +69,6 @@ def _prio(value: Any) -> int | None:
         return None
 
 
-def _collect(text: str) -> dict[tuple[str, str], _RawTable]:
-    tables: dict[tuple[str, str], _RawTable] = {}
-    for obj in iter_json_objects(text):
-        if "table" in obj:
-            t = obj["table"]
-            tables[(t["family"], t["name"])] = _RawTable(t["family"], t["name"])
-        elif "chain" in obj:
-            c = obj["chain"]
-            tbl = tables.setdefault((c["family"], c["table"]), _RawTable(c["family"], c["table"]))
-            tbl.chains[c["name"]] = _RawChain(
-                c["family"], c["table"], c["name"], c.get("hook"), _prio(c.get("prio")),
-                c.get("type"), c.get("policy"),
-            )
-        elif "rule" in obj:
-            r = obj["rule"]
-            tbl = tables.get((r["family"], r["table"]))
-            if tbl is not None and r["chain"] in tbl.chains:
-                tbl.chains[r["chain"]].rules.append(r)
-        elif "set" in obj or "map" in obj:
-            kind = "set" if "set" in obj else "map"
-            s = obj[kind]
-            tbl = tables.get((s["family"], s["table"]))
-            if tbl is not None:
-                elems = tuple(json.dumps(e, separators=(",", ":")) if not isinstance(e, str)
-                              else e for e in s.get("elem", []))
-                flags = s.get("flags", [])
-                tbl.sets.append(NamedSet(s["family"], s["table"], s["name"],
-                                         f"{kind}:{s.get('type')}", elems,
-                                         tuple(flags if isinstance(flags, list) else [flags])))
-    return tables
-
-
 def rule_texts(listing: str) -> dict[tuple[str, int], str]:
     """(chain, handle) -> rule text from `nft -a -s list table ...` output."""
     out: dict[tuple[str, int], str] = {}
@@ -151,8 +99,8 @@ def _save_tables(family: str) -> tuple[dict[str, SaveTable], str | None]:
     return {t.name: t for t in parse_save(proc.stdout)}, None
 
 
-def _zone(table: _RawTable, chain: str) -> str | None:
-    if table.name != "firewalld":
+def _zone(table: str, chain: str) -> str | None:
+    if table != "firewalld":
         return None
     m = _FIREWALLD_ZONE_RE.search(chain)
     return m.group(1) if m else None
@@ -162,88 +110,134 @@ def _verdict(policy: str | None) -> Verdict:
     return {"accept": "accept", "drop": "drop"}.get(policy or "", "unknown")  # type: ignore[return-value]
 
 
-def _native_chains(raw: _RawTable, backend: Backend,
-                  texts: dict[tuple[str, int], str]) -> list[Chain]:
-    chains: list[Chain] = []
-    for rc in raw.chains.values():
-        zone = _zone(raw, rc.name)
-        cid = (backend, rc.family, rc.table, rc.name)
-        rules = []
-        for pos, r in enumerate(rc.rules, 1):
-            matches, verdict, target, counters = rule_from_json(r.get("expr", []))
-            handle = int(r["handle"])
-            text = texts.get((rc.name, handle), "")
-            rules.append(Rule(backend, rc.family, rc.table, rc.name, pos, handle, text, verdict,
-                              target, matches, counters, r.get("comment"), zone,
-                              rule_key(cid, handle, text)))
-        policy = None
-        if rc.hook is not None:
-            policy = Policy(backend, rc.family, rc.table, rc.name, _verdict(rc.policy or "accept"))
-        chains.append(Chain(backend, rc.family, rc.table, rc.name, tuple(rules), rc.hook,
-                            rc.prio, rc.type, policy, zone))
-    return chains
+@dataclass(slots=True)
+class _TableBuilder:
+    """Accumulates one table's chains while the JSON streams past, converting each rule to the
+    model at once so the decoded JSON of 50k rules never piles up."""
 
+    backend: Backend
+    family: str
+    name: str
+    texts: dict[tuple[str, int], str] = field(default_factory=dict)  # native: (chain, handle)
+    save: SaveTable | None = None  # iptables-nft: paired by order within each chain
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: dict[str, list[Rule]] = field(default_factory=dict)
+    sets: list[NamedSet] = field(default_factory=list)
+    _saved: dict[str, list[SaveRule]] = field(default_factory=dict)
 
-def _xtables_chains(raw: _RawTable, save: SaveTable) -> tuple[list[Chain], list[str]]:
-    """Pair nft's rules (handles, counters) with iptables-nft-save's (text, comment) by order."""
-    warnings: list[str] = []
-    backend: Backend = "iptables-nft"
-    by_chain: dict[str, list[Any]] = {}
-    for sr in save.rules:
-        by_chain.setdefault(sr.chain, []).append(sr)
-    chains: list[Chain] = []
-    for rc in raw.chains.values():
-        saved = by_chain.get(rc.name, [])
-        if len(saved) != len(rc.rules):
-            warnings.append(f"{rc.family} {rc.table} {rc.name}: nft and iptables-nft-save disagree "
-                            "(ruleset changed while reading); comments may be missing")
-            saved = []
-        cid = (backend, rc.family, rc.table, rc.name)
-        rules: list[Rule] = []
-        for pos, r in enumerate(rc.rules, 1):
-            handle = int(r["handle"])
-            matches, verdict, target, counters = rule_from_json(r.get("expr", []))
-            text, comment = "", r.get("comment")
-            if saved:
+    def __post_init__(self) -> None:
+        if self.save is not None:
+            for sr in self.save.rules:
+                self._saved.setdefault(sr.chain, []).append(sr)
+
+    def add_chain(self, c: dict[str, Any]) -> None:
+        self.chains[c["name"]] = c
+        self.rules.setdefault(c["name"], [])
+
+    def add_rule(self, r: dict[str, Any]) -> None:
+        chain = r["chain"]
+        rules = self.rules.setdefault(chain, [])
+        pos = len(rules) + 1
+        handle = int(r["handle"])
+        matches, verdict, target, counters = rule_from_json(r.get("expr", []))
+        comment = r.get("comment")
+        saved = self._saved.get(chain)
+        if self.save is not None:
+            text = ""
+            if saved is not None and pos <= len(saved):
                 sr = saved[pos - 1]
                 matches, verdict, target, text, comment = (
                     sr.matches, sr.verdict, sr.target, sr.text, sr.comment)
                 counters = counters or sr.counters
-            rules.append(Rule(backend, rc.family, rc.table, rc.name, pos, handle, text, verdict,
-                              target, matches, counters, comment, None,
-                              rule_key(cid, handle, text)))
-        policy = None
-        if rc.hook is not None:
-            _, pol_counters = save.policies.get(rc.name, ("", None))
-            policy = Policy(backend, rc.family, rc.table, rc.name,
-                            _verdict(rc.policy or "accept"), pol_counters)
-        chains.append(Chain(backend, rc.family, rc.table, rc.name, tuple(rules), rc.hook,
-                            rc.prio, rc.type, policy, None))
-    return chains, warnings
+        else:
+            text = self.texts.get((chain, handle), "")
+        cid = (self.backend, self.family, self.name, chain)
+        rules.append(Rule(self.backend, self.family, self.name, chain, pos, handle, text, verdict,
+                          target, matches, counters, comment, _zone(self.name, chain),
+                          rule_key(cid, handle, text)))
+
+    def add_set(self, kind: str, s: dict[str, Any]) -> None:
+        elems = tuple(e if isinstance(e, str) else json.dumps(e, separators=(",", ":"))
+                      for e in s.get("elem", []))
+        flags = s.get("flags", [])
+        self.sets.append(NamedSet(self.family, self.name, s["name"], f"{kind}:{s.get('type')}",
+                                  elems, tuple(flags if isinstance(flags, list) else [flags])))
+
+    def build(self, warnings: list[str]) -> Table:
+        chains: list[Chain] = []
+        for name, c in self.chains.items():
+            rules = self.rules.get(name, [])
+            if self.save is not None and len(self._saved.get(name, [])) != len(rules):
+                warnings.append(f"{self.family} {self.name} {name}: nft and iptables-nft-save "
+                                "disagree (ruleset changed while reading); comments may be missing")
+            policy = None
+            hook = c.get("hook")
+            if hook is not None:
+                pol_counters = None
+                if self.save is not None:
+                    _, pol_counters = self.save.policies.get(name, ("", None))
+                policy = Policy(self.backend, self.family, self.name, name,
+                                _verdict(c.get("policy") or "accept"), pol_counters)
+            chains.append(Chain(self.backend, self.family, self.name, name, tuple(rules), hook,
+                                _prio(c.get("prio")), c.get("type"), policy,
+                                _zone(self.name, name)))
+        return Table(self.backend, self.family, self.name, tuple(chains), tuple(self.sets))
+
+
+def _list_big(nft: Nft, command: str, flags: int) -> str:
+    """Listings of big rulesets cost libnftables hundreds of MB while it builds them (glibc keeps
+    that heap afterwards): run them in an `nft` child when the binary exists, so that memory dies
+    with the child and fwtop's own footprint stays small."""
+    if shutil.which("nft") is None:
+        return nft.check(command, flags)
+    argv = ["nft"]
+    argv += ["-j"] if flags & OUTPUT_JSON else []
+    argv += ["-a"] if flags & OUTPUT_HANDLE else []
+    argv += ["-s"] if flags & OUTPUT_STATELESS else []
+    proc = subprocess.run([*argv, *command.split()], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if ln.strip()), "unknown error")
+        raise NftError(f"nft {command!r} failed: {first}")
+    return proc.stdout
 
 
 def load(nft: Nft | None = None) -> tuple[list[Table], list[str]]:
     """Read every nf_tables table of the calling thread's namespace into the rule model."""
     nft = nft or Nft()
-    raw_tables = _collect(nft.check("list ruleset", OUTPUT_JSON | OUTPUT_HANDLE))
     warnings: list[str] = []
+    table_names = [(o["table"]["family"], o["table"]["name"])
+                   for o in iter_json_objects(_list_big(nft, "list tables", OUTPUT_JSON))
+                   if "table" in o]
     saves: dict[str, dict[str, SaveTable]] = {}
     for family in ("ip", "ip6"):
-        if any(f == family and n in XTABLES_NAMES for f, n in raw_tables):
+        if any(f == family and n in XTABLES_NAMES for f, n in table_names):
             saves[family], warn = _save_tables(family)
             if warn:
                 warnings.append(warn)
-    tables: list[Table] = []
-    for (family, name), raw in raw_tables.items():
-        save = saves.get(family, {}).get(name)
-        if save is not None and name in XTABLES_NAMES:
-            chains, warn_x = _xtables_chains(raw, save)
-            warnings += warn_x
-            backend: Backend = "iptables-nft"
+    builders: dict[tuple[str, str], _TableBuilder] = {}
+    for family, name in table_names:
+        save = saves.get(family, {}).get(name) if name in XTABLES_NAMES else None
+        if save is not None:
+            builders[(family, name)] = _TableBuilder("iptables-nft", family, name, save=save)
         else:
-            backend = "firewalld" if name == "firewalld" else "nft"
-            listing = nft.check(f"list table {family} {name}", OUTPUT_HANDLE | OUTPUT_STATELESS)
-            chains = _native_chains(raw, backend, rule_texts(listing))
-        tables.append(Table(backend, family, name, tuple(chains), tuple(raw.sets)))
-    return tables, warnings
-
+            listing = _list_big(nft, f"list table {family} {name}",
+                                OUTPUT_HANDLE | OUTPUT_STATELESS)
+            backend: Backend = "firewalld" if name == "firewalld" else "nft"
+            builders[(family, name)] = _TableBuilder(backend, family, name,
+                                                     texts=rule_texts(listing))
+    for obj in iter_json_objects(_list_big(nft, "list ruleset", OUTPUT_JSON | OUTPUT_HANDLE)):
+        kind = next(iter(obj), "")
+        body = obj[kind]
+        if kind == "metainfo" or not isinstance(body, dict):
+            continue
+        key = (body.get("family"), body.get("table") if kind != "table" else body.get("name"))
+        builder = builders.get(key)  # type: ignore[arg-type]
+        if builder is None:
+            continue  # a table created after `list tables`: the next generation reload has it
+        if kind == "chain":
+            builder.add_chain(body)
+        elif kind == "rule":
+            builder.add_rule(body)
+        elif kind in ("set", "map"):
+            builder.add_set(kind, body)
+    return [b.build(warnings) for b in builders.values()], warnings
