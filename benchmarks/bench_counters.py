@@ -64,6 +64,12 @@ class Row:
     poll_requests: int
     poll_rss_mb: float
     poll_maxrss_mb: float
+    svc_load_cpu_s: float = 0.0  # fwtop's whole path: first poll = structure + counters
+    svc_load_child_cpu_s: float = 0.0  # the `nft`/`iptables-nft-save` children it runs
+    svc_tick_cpu_med_s: float = 0.0  # RulesPoller.poll(): generation, dump, model, rates
+    svc_tick_cpu_max_s: float = 0.0
+    svc_maxrss_mb: float = 0.0
+    svc_rules: int = 0
 
 
 def ip_octets(k: int) -> str:
@@ -163,6 +169,36 @@ def child_poll(ns: str, ticks: int) -> None:
     )
 
 
+def child_service(ns: str, ticks: int) -> None:
+    """fwtop's own live path, as the TUI runs it: RulesPoller.poll() per tick."""
+    enter_netns(ns)
+    sys.path.insert(0, str(ROOT))
+    from fwtop.service.rules import RulesPoller
+
+    poller = RulesPoller()
+    c0 = time.process_time()
+    first = poller.poll()
+    load_cpu = time.process_time() - c0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu: list[float] = []
+    for _ in range(ticks):
+        view = poller.poll()
+        if view.reloaded:
+            print("warning: structure reloaded during the ticks", file=sys.stderr)
+        cpu.append(view.poll_cpu_s)
+    poller.close()
+    json.dump(
+        {
+            "load_cpu": load_cpu,
+            "load_child_cpu": children.ru_utime + children.ru_stime,
+            "cpu": cpu,
+            "rules": len(first.ruleset.rules()),
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        },
+        sys.stdout,
+    )
+
+
 def child_loads(path: str) -> None:
     text = Path(path).read_text()
     proc = psutil.Process()
@@ -207,6 +243,8 @@ def measure(ns: str, variant: str, n: int, expected: int, load_s: float, ticks: 
     finally:
         os.unlink(path)
     poll = run_child("--child-poll", ns, str(ticks))
+    svc = run_child("--child-service", ns, str(ticks))
+    svc_cpu = [float(x) for x in svc["cpu"]]  # type: ignore[attr-defined]
     cpu = [float(x) for x in poll["cpu"]]  # type: ignore[attr-defined]
     wall = [float(x) for x in poll["wall"]]  # type: ignore[attr-defined]
     mb = 1024 * 1024
@@ -228,6 +266,12 @@ def measure(ns: str, variant: str, n: int, expected: int, load_s: float, ticks: 
         poll_requests=int(poll["requests"]),  # type: ignore[call-overload]
         poll_rss_mb=float(poll["rss"]) / mb,  # type: ignore[arg-type]
         poll_maxrss_mb=float(poll["maxrss"]) / mb,  # type: ignore[arg-type]
+        svc_load_cpu_s=float(svc["load_cpu"]),  # type: ignore[arg-type]
+        svc_load_child_cpu_s=float(svc["load_child_cpu"]),  # type: ignore[arg-type]
+        svc_tick_cpu_med_s=statistics.median(svc_cpu),
+        svc_tick_cpu_max_s=max(svc_cpu),
+        svc_maxrss_mb=float(svc["maxrss"]) / mb,  # type: ignore[arg-type]
+        svc_rules=int(svc["rules"]),  # type: ignore[call-overload]
     )
 
 
@@ -269,6 +313,22 @@ def table(rows: list[Row]) -> str:
             f"| {r.poll_wall_med_s:.3f} s | {r.poll_rules:,} | {r.poll_requests} "
             f"| {max(r.poll_rss_mb, r.poll_maxrss_mb):.0f} MB |"
         )
+    lines += [
+        "",
+        "Whole fwtop path (`RulesPoller.poll()`, as the TUI runs it): the first poll reads the",
+        "structure (libnftables/`nft` JSON + `iptables-nft-save`), later ticks only the counters;",
+        "each tick also updates the rule model and computes the rates.",
+        "",
+        "| ruleset | rules in model | structure load: fwtop CPU | structure load: child CPU "
+        "| tick CPU median | tick CPU max | fwtop peak RSS |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.variant} | {r.svc_rules:,} | {r.svc_load_cpu_s:.2f} s "
+            f"| {r.svc_load_child_cpu_s:.2f} s | {r.svc_tick_cpu_med_s:.3f} s "
+            f"| {r.svc_tick_cpu_max_s:.3f} s | {r.svc_maxrss_mb:.0f} MB |"
+        )
     return "\n".join(lines)
 
 
@@ -285,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iptables", action="store_true", help="also an iptables-nft ruleset")
     p.add_argument("--child-poll", nargs=2, metavar=("NS", "TICKS"), help=argparse.SUPPRESS)
     p.add_argument("--child-loads", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--child-service", nargs=2, metavar=("NS", "TICKS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_service:
+        child_service(args.child_service[0], int(args.child_service[1]))
+        return 0
     if args.child_poll:
         child_poll(args.child_poll[0], int(args.child_poll[1]))
         return 0
