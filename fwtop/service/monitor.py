@@ -58,9 +58,10 @@ class Monitor:
                     self._on_rules(poller.poll())
                 except Exception as exc:
                     self._on_error(f"{type(exc).__name__}: {exc}")
-                remaining = self.interval - (time.monotonic() - started)
-                if remaining > 0:
-                    self._wake.wait(remaining)
+                elapsed = time.monotonic() - started
+                # A poll slower than the interval (one huge chain) must not pin a core: rest
+                # at least as long as it took, so fwtop never uses more than half of one CPU.
+                self._wake.wait(max(self.interval - elapsed, elapsed))
                 self._wake.clear()
         finally:
             poller.close()
