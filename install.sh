@@ -44,5 +44,12 @@ extra=""
 .venv/bin/python -c 'import fwtop.cli, textual, iptc' \
   || { echo "install.sh: the Python install did not complete" >&2; exit 1; }
 
+# The drop-reason source (skb:kfree_skb) reads tracefs; mount it where the kernel has it but
+# nothing mounted it (minimal VMs). Mounting it changes no rule, sysctl or interface.
+if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
+    && echo "mounted tracefs at /sys/kernel/tracing (for the drop-reason tracepoint)" || true
+fi
+
 ln -sf "$PWD/.venv/bin/fwtop" /usr/local/bin/fwtop
 echo "fwtop installed: $(command -v fwtop)"
