@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_rules = sub.add_parser("rules", help="print every rule and policy of every backend")
     _add_netns(p_rules)
     p_rules.add_argument("--json", action="store_true", help="JSON output")
+    p_watch = sub.add_parser("watch", help="headless event stream as JSON lines")
+    _add_netns(p_watch)
+    p_watch.add_argument("--json", action="store_true", required=True,
+                         help="JSON lines on stdout (the only format)")
+    p_watch.add_argument("--duration", type=float, metavar="S",
+                         help="stop after S seconds (default: until interrupted)")
+    p_watch.add_argument("--nflog-group", type=int, action="append", default=[], metavar="N",
+                         help="also listen on this NFLOG group (groups used by the ruleset "
+                              "are found automatically)")
+    p_watch.add_argument("--stats-interval", type=float, default=1.0, metavar="S",
+                         help="seconds between stats lines (default 1)")
     return parser
 
 
@@ -91,6 +102,21 @@ def cmd_rules(args: argparse.Namespace) -> int:
     for w in ruleset.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from fwtop.service.watch import watch
+
+    require_root()
+    if args.duration is not None and args.duration <= 0:
+        raise CliError("--duration must be a positive number of seconds")
+    for group in args.nflog_group:
+        if not 0 <= group <= 65535:
+            raise CliError(f"--nflog-group {group}: NFLOG groups are 0-65535")
+    ns = resolve(args.netns)
+    if ns is not None:
+        enter(ns)
+    return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -136,7 +162,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"rules": cmd_rules, "lab": cmd_lab, None: cmd_tui}
+    handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, None: cmd_tui}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
