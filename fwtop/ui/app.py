@@ -1,0 +1,499 @@
+"""The fwtop TUI: header, the Drops and Rules panes, filters, status line, footer; fed only by
+the service layer (the rules Monitor and the DropStream).
+
+Both call back from their own threads. The callbacks never touch a widget: they park the newest
+view (or append the new drops to a bounded pending list) and post a message; the UI thread
+renders at most RENDER_HZ times a second, so data that arrives faster than that is coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches, QueryType
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from fwtop.core.droplog import DropLog
+from fwtop.core.events import DropEvent, SourceStats
+from fwtop.firewall.netns import NetNamespace
+from fwtop.service.drops import DropBatch
+from fwtop.service.rules import RulesView
+from fwtop.ui.render import HeaderState, RowsBuilder, backend_notes, status_segments
+from fwtop.ui.render_drops import drops_title, off_reasons, summary_segments
+from fwtop.ui.screens import HelpScreen
+from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
+
+RENDER_HZ = 10.0
+MIN_RENDER_INTERVAL = 1.0 / RENDER_HZ
+
+
+class MonitorHandle(Protocol):
+    """What the app needs from the service layer's Monitor (and what a test fake provides)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def poll_now(self) -> None: ...
+
+
+# monitor_factory(on_rules, on_error) -> MonitorHandle. The callbacks may be called from any
+# thread, including synchronously from inside start() or poll_now().
+MonitorFactory = Callable[[Callable[[RulesView], None], Callable[[str], None]], MonitorHandle]
+
+
+class DropsHandle(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+# drops_factory(on_batch, on_error) -> DropsHandle; callbacks from any thread.
+DropsFactory = Callable[[Callable[[DropBatch], None], Callable[[str], None]], DropsHandle]
+
+# Drops received but not yet rendered, at most: beyond it the UI sheds (and counts) the oldest
+# undisplayed events, so memory stays bounded when the screen cannot keep up.
+MAX_PENDING_DROPS = 20_000
+
+
+class DropsReady(Message):
+    """New drops are waiting in the app's pending list."""
+
+
+class ViewReady(Message):
+    """A newer RulesView is parked in the app's slot (the message itself carries nothing, so a
+    burst of views costs one render)."""
+
+
+class MonitorFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+def default_monitor_factory(netns: NetNamespace | None, interval: float) -> MonitorFactory:
+    def factory(on_rules: Callable[[RulesView], None],
+                on_error: Callable[[str], None]) -> MonitorHandle:
+        from fwtop.service.monitor import Monitor
+
+        return Monitor(on_rules, on_error, netns=netns, interval=interval)
+
+    return factory
+
+
+def default_drops_factory(netns: NetNamespace | None,
+                          nflog_groups: tuple[int, ...] = ()) -> DropsFactory:
+    def factory(on_batch: Callable[[DropBatch], None],
+                on_error: Callable[[str], None]) -> DropsHandle:
+        from fwtop.service.drops import DropSources, DropStream
+
+        cfg = DropSources(groups=None, extra_groups=nflog_groups, netns=netns)
+        return DropStream(cfg, on_batch, on_error)
+
+    return factory
+
+
+class FwtopApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "fwtop"
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit fwtop"),
+        Binding("p", "toggle_pause", "Pause", id="pause",
+                tooltip="Pause/resume the display; polling continues"),
+        Binding("s", "toggle_sort", "Sort", id="sort",
+                tooltip="Busiest rules first / chain order"),
+        Binding("r", "refresh", "Refresh", id="refresh", tooltip="Poll now"),
+        Binding("slash", "filter", "Filter", id="filter", key_display="/",
+                tooltip="Filter rules by text, comment or chain"),
+        Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
+        Binding("tab", "focus_next", "Next pane", show=False),
+        Binding("1", "focus_pane('drops')", "Drops", id="pane-drops", show=False),
+        Binding("2", "focus_pane('rules')", "Rules", id="pane-rules", show=False),
+        Binding("question_mark", "help", "Help", id="help", key_display="?",
+                tooltip="What the panes, columns and keys mean"),
+        Binding("f1", "help", "Help", id="help-f1", show=False),
+    ]
+
+    def __init__(self, monitor_factory: MonitorFactory, netns_name: str = "host",
+                 lab: bool = False, host: str | None = None,
+                 drops_factory: DropsFactory | None = None) -> None:
+        super().__init__()
+        self._monitor_factory = monitor_factory
+        self._monitor: MonitorHandle | None = None
+        self._drops_factory = drops_factory
+        self._drops: DropsHandle | None = None
+        self.drop_log = DropLog()
+        self._pending_drops: list[DropEvent] = []  # guarded by _lock
+        self._drops_posted = False
+        self._drops_timer_armed = False
+        self._last_drops_render = 0.0
+        self.drop_stats: tuple[SourceStats, ...] = ()
+        self.drops_shed = 0  # shed by the stream (full batch) or by the UI (pending overflow)
+        self.drop_needle = ""
+        self.drop_renders = 0
+        self._filter_target = "rules"
+        self._main_screen: Screen[object] | None = None
+        self._lock = threading.Lock()
+        self._latest: RulesView | None = None  # newest view from the monitor (any thread)
+        self._render_pending = False
+        self._render_timer_armed = False
+        self._last_render = 0.0
+        self.shown: RulesView | None = None  # the view the screen shows
+        self.paused = False
+        self.by_activity = False
+        self.needle = ""
+        self.renders = 0
+        self.views_received = 0
+        self._rows = RowsBuilder()
+        self._error: str | None = None  # last monitor error, until a clean view replaces it
+        self._header = HeaderState(host=host or socket.gethostname(), netns=netns_name, lab=lab)
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield FwtopHeader(self._header, id="header")
+        # The Packets pane (a later issue) joins these two in this row.
+        with Horizontal(id="panes"):
+            with Vertical(id="drops-pane"):
+                yield DropsTable(id="drops")
+                yield Static(id="drop-summary", markup=False)
+                yield FilterInput(placeholder="filter drops: words all present, e.g. "
+                                              "\"udp 10.77\" or \"dport 8080\"",
+                                  id="drop-filter", compact=True)
+            with Vertical(id="rules-pane"):
+                yield RulesTable(id="rules")
+                yield FilterInput(placeholder="filter rules: text, comment, chain "
+                                              "(Enter keeps, Esc clears)", id="filter",
+                                  compact=True)
+        yield StatusLine(id="status", markup=False)
+        yield Footer()
+
+    def _q(self, selector: str | type[QueryType], expect_type: type[QueryType] | None = None,
+           ) -> QueryType:
+        """query_one on the main screen: App.query_one searches the active screen, which is
+        the help screen while it is open, and data keeps arriving meanwhile."""
+        screen = self._main_screen or self.screen
+        if expect_type is None:
+            return screen.query_one(selector)  # type: ignore[arg-type]
+        return screen.query_one(selector, expect_type)  # type: ignore[arg-type]
+
+    @property
+    def table(self) -> RulesTable:
+        return self._q("#rules", RulesTable)
+
+    @property
+    def drops_table(self) -> DropsTable:
+        return self._q("#drops", DropsTable)
+
+    def on_mount(self) -> None:
+        self._main_screen = self.screen
+        pane = self._q("#rules-pane")
+        pane.border_title = "Rules"
+        self._update_subtitle()
+        self._show_drops_frame()
+        if self._drops_factory is not None:
+            self._drops = self._drops_factory(self._on_drops, self._on_error)
+            try:
+                self._drops.start()
+            except Exception as exc:
+                self._on_error(f"drop readers did not start: {type(exc).__name__}: {exc}")
+        else:
+            self._q("#drops-pane").display = False
+        self._q(StatusLine).show(status_segments([], [], "waiting for the first poll…"))
+        self.table.focus()
+        self._monitor = self._monitor_factory(self._on_rules, self._on_error)
+        try:
+            self._monitor.start()
+        except Exception as exc:  # shown in the status line; the app stays usable
+            self._on_error(f"monitor did not start: {type(exc).__name__}: {exc}")
+
+    async def on_unmount(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        drops, self._drops = self._drops, None
+        # The threads may be mid-poll or mid-read: join them off the UI thread.
+        if monitor is not None:
+            await asyncio.to_thread(monitor.stop)
+        if drops is not None:
+            await asyncio.to_thread(drops.stop)
+
+    # --- monitor callbacks: any thread; they never touch widgets ----------------------------
+
+    def _on_rules(self, view: RulesView) -> None:
+        with self._lock:
+            self._latest = view
+            self.views_received += 1
+            if self._render_pending:
+                return  # the render already queued will pick this newer view up
+            self._render_pending = True
+        self._post(ViewReady())
+
+    def _on_drops(self, batch: DropBatch) -> None:
+        with self._lock:
+            pending = self._pending_drops
+            pending.extend(batch.events)
+            over = len(pending) - MAX_PENDING_DROPS
+            if over > 0:
+                del pending[:over]
+            self.drops_shed += batch.overflow + max(0, over)
+            self.drop_stats = batch.stats
+            if self._drops_posted:
+                return
+            self._drops_posted = True
+        self._post(DropsReady())
+
+    def _on_error(self, error: str) -> None:
+        self._post(MonitorFailed(error))
+
+    def _post(self, message: Message) -> None:
+        try:
+            self.post_message(message)
+        except RuntimeError:  # the event loop is gone: the app is exiting
+            pass
+
+    # --- rendering (UI thread) ------------------------------------------------------------
+
+    def on_drops_ready(self, _: DropsReady) -> None:
+        wait = self._last_drops_render + MIN_RENDER_INTERVAL - time.monotonic()
+        if wait > 0:
+            if not self._drops_timer_armed:
+                self._drops_timer_armed = True
+                self.set_timer(wait, self._render_drops)
+            return
+        self._render_drops()
+
+    def _render_drops(self) -> None:
+        try:
+            self._render_drops_now()
+        except NoMatches:  # data that arrives while the app shuts down has nowhere to go
+            pass
+
+    def _render_drops_now(self) -> None:
+        self._drops_timer_armed = False
+        with self._lock:
+            events, self._pending_drops = self._pending_drops, []
+            self._drops_posted = False
+        self.drop_log.add(events)
+        self._last_drops_render = time.monotonic()
+        if events and not self.paused:
+            self._show_drop_rows()
+        self._show_drops_frame()
+
+    def _show_drop_rows(self) -> None:
+        self.drop_renders += 1
+        self.drops_table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle))
+
+    def _show_drops_frame(self) -> None:
+        """The pane's title (every source's counts, off sources) and the summary line."""
+        pane = self._q("#drops-pane")
+        pane.border_title = drops_title(self.drop_stats, self.paused)
+        reasons = off_reasons(self.drop_stats)
+        pane.border_subtitle = "1 · hover: sources off" if reasons else "1"
+        pane.tooltip = "\n".join(reasons) if reasons else None
+        self._q("#drop-summary", Static).update(to_text(summary_segments(
+            self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)))
+
+    def on_view_ready(self, _: ViewReady) -> None:
+        wait = self._last_render + MIN_RENDER_INTERVAL - time.monotonic()
+        if wait > 0:
+            if not self._render_timer_armed:
+                self._render_timer_armed = True
+                self.set_timer(wait, self._render_newest)
+            return
+        self._render_newest()
+
+    def _render_newest(self) -> None:
+        try:
+            self._render_newest_now()
+        except NoMatches:  # data that arrives while the app shuts down has nowhere to go
+            pass
+
+    def _render_newest_now(self) -> None:
+        self._render_timer_armed = False
+        with self._lock:
+            view = self._latest
+            self._render_pending = False
+        if view is None:
+            return
+        if self.paused:
+            self._show_header()  # only the "newer data held" hint changes
+            return
+        self._render(view)
+
+    def _render(self, view: RulesView) -> None:
+        self.shown = view
+        self._last_render = time.monotonic()
+        self.renders += 1
+        if not view.errors:
+            self._error = None
+        with self.batch_update():
+            self.table.show(self._rows.rows(view, self.needle, self.by_activity))
+            self._show_header()
+            self._show_status()
+            self._update_subtitle()
+
+    def _rerender(self) -> None:
+        """Show the same view again after a change of filter or sort (also while paused)."""
+        if self.shown is not None:
+            with self.batch_update():
+                self.table.show(self._rows.rows(self.shown, self.needle, self.by_activity))
+                self._show_status()
+        self._update_subtitle()
+
+    def _show_header(self) -> None:
+        view = self.shown
+        with self._lock:
+            waiting = self.paused and self._latest is not None and self._latest is not view
+        state = HeaderState(
+            host=self._header.host, netns=self._header.netns, lab=self._header.lab,
+            paused=self.paused, by_activity=self.by_activity, waiting=waiting,
+            backends=view.ruleset.backends if view else (),
+            rules=sum(len(c.rules) for c in view.ruleset.chains()) if view else None,
+            poll_cpu_ms=view.poll_cpu_s * 1000 if view else None,
+            poll_wall_ms=view.poll_wall_s * 1000 if view else None,
+        )
+        self._q(FwtopHeader).show(state)
+
+    def _show_status(self) -> None:
+        view = self.shown
+        errors: list[str] = []
+        warnings: list[str] = []
+        if self._error:
+            errors.append(self._error)
+        if view is not None:
+            errors += view.errors
+            warnings += view.ruleset.warnings
+        note = ""
+        if view is not None:
+            note = f"updated {time.strftime('%H:%M:%S')}  ·  {view.reloads} reloads"
+        if self.needle:
+            shown = sum(1 for k in self.table.row_keys if not k.startswith("chain|"))
+            note += f"  ·  filter {self.needle!r}: {shown} rules"
+        self._q(StatusLine).show(status_segments(errors, warnings, note),
+                                        error=bool(errors))
+
+    def _update_subtitle(self) -> None:
+        pane = self._q("#rules-pane")
+        order = "busiest first" if self.by_activity else "chain order"
+        pane.border_subtitle = f"{order} · s to sort"
+
+    def on_monitor_failed(self, message: MonitorFailed) -> None:
+        self._error = message.error
+        self._show_status()
+
+    # --- actions --------------------------------------------------------------------------
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self._show_drop_rows()
+        self._show_drops_frame()
+        if not self.paused:
+            with self._lock:
+                view = self._latest
+            if view is not None and view is not self.shown:
+                self._render(view)
+                return
+        self._show_header()
+
+    def action_toggle_sort(self) -> None:
+        self.by_activity = not self.by_activity
+        self._show_header()
+        self._rerender()
+
+    def action_refresh(self) -> None:
+        if self._monitor is not None:
+            self._monitor.poll_now()
+        if self.paused:
+            self.notify("Paused: the new poll is shown when you resume (p).", timeout=3)
+
+    def on_descendant_focus(self, event: object) -> None:
+        focused = self.focused
+        if focused is self.table or (focused is not None and focused.id == "filter"):
+            self._filter_target = "rules"
+        elif focused is not None and focused.id in ("drops", "drop-filter"):
+            self._filter_target = "drops"
+
+    def action_focus_pane(self, pane: str) -> None:
+        target = self.drops_table if pane == "drops" else self.table
+        if target.display and self._q(f"#{pane}-pane").display:
+            target.focus()
+
+    def _filter_box(self, target: str | None = None) -> FilterInput:
+        name = target or self._filter_target
+        return self._q("#drop-filter" if name == "drops" else "#filter", FilterInput)
+
+    def action_filter(self) -> None:
+        box = self._filter_box()
+        box.add_class("-visible")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self._filter_box()
+        if box.value or box.has_class("-visible"):
+            box.value = ""
+            self._close_filter(box, cleared=True)
+
+    def _close_filter(self, box: FilterInput, cleared: bool) -> None:
+        if cleared or not box.value:
+            box.remove_class("-visible")
+        (self.drops_table if box.id == "drop-filter" else self.table).focus()
+
+    def on_input_changed(self, event: FilterInput.Changed) -> None:
+        if event.input.id == "filter" and event.value != self.needle:
+            self.needle = event.value
+            self._rerender()
+        elif event.input.id == "drop-filter" and event.value != self.drop_needle:
+            self.drop_needle = event.value
+            self._show_drop_rows()
+            self._show_drops_frame()
+
+    def on_filter_input_closed(self, event: FilterInput.Closed) -> None:
+        box = self._q("#drop-filter" if event.box_id == "drop-filter" else "#filter",
+                             FilterInput)
+        self._close_filter(box, event.cleared)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        backends = self.shown.ruleset.backends if self.shown else ()
+        self.push_screen(HelpScreen(backend_notes(backends)))
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Pause / resume", "Freeze the display; polling continues",
+                            self.action_toggle_pause)
+        yield SystemCommand("Sort by activity", "Busiest rules first / chain order",
+                            self.action_toggle_sort)
+        yield SystemCommand("Refresh now", "Poll the counters without waiting",
+                            self.action_refresh)
+        yield SystemCommand("Filter rules", "Narrow the rules by a substring",
+                            self.action_filter)
+        yield SystemCommand("Help", "Panes, columns, keys, classic symptoms", self.action_help)
+
+
+def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: bool = False,
+              monitor_factory: MonitorFactory | None = None,
+              drops_factory: DropsFactory | None = None, real_drops: bool = True,
+              nflog_groups: tuple[int, ...] = ()) -> FwtopApp:
+    """The one way to build the app (the CLI and the tests). `monitor_factory(on_rules,
+    on_error)` returns an object with start()/stop()/poll_now(); by default the real Monitor
+    polling `netns` every `interval` seconds. `drops_factory(on_batch, on_error)` likewise for
+    the drop stream; by default the real readers, unless `real_drops` is False (no Drops pane)."""
+    factory = monitor_factory or default_monitor_factory(netns, interval)
+    if drops_factory is None and real_drops:
+        drops_factory = default_drops_factory(netns, nflog_groups)
+    return FwtopApp(factory, netns_name=netns.name if netns is not None else "host", lab=lab,
+                    drops_factory=drops_factory)
+
+
+def run_app(netns: NetNamespace | None, interval: float = 1.0, lab: bool = False,
+            nflog_groups: tuple[int, ...] = ()) -> None:
+    build_app(netns=netns, interval=interval, lab=lab, nflog_groups=nflog_groups).run()

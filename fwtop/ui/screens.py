@@ -1,0 +1,85 @@
+"""Screens on top of the main view: the help screen (`?` / F1)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown, Static
+
+HELP = """\
+# fwtop: what you are looking at
+
+Run it while traffic is being dropped: it shows, live, which firewall rule or chain policy
+is counting the packets.
+
+## The two classic symptoms
+
+* **Connection timed out** = a **DROP** somewhere (or a drop policy): the packet vanished and
+  nobody answered. Look for a **red, rising Δ**: a drop/reject rule or a chain header whose
+  policy is `drop` with a bold red Δpkt/s is eating the traffic right now.
+* **Connection refused** = nothing listens on that port, **or a REJECT rule** answered for it.
+  If no reject rule's Δ moves while you retry, the firewall is not the problem: check the service.
+
+Press `s` to put the busiest rules first, then retry the failing connection and watch which
+row lights up.
+
+## Panes
+
+* **Header**: host, network namespace (`host` = fwtop's own), the firewall backends found
+  (✓ read, – readable but empty, ✗ off: hover the header for the reason), the number of rules,
+  and what one poll costs fwtop in CPU. `PAUSED` and `LAB` show when they apply.
+* **Rules**: every rule of every backend (nft, iptables-nft, iptables-legacy, firewalld),
+  grouped by table and chain. A chain row (cyan) shows the backend, family, table, chain, its
+  hook and priority, and its **policy**: the verdict for packets no rule decided, with the
+  policy's own counters. Several base chains on one hook all run, lowest priority first; a drop
+  anywhere is final.
+* **Status line** (bottom): errors from the poller and what is shown.
+
+## Columns
+
+| column | meaning |
+|---|---|
+| `#` | position in the chain (1 = first) and the nft handle `h…` |
+| pkts, bytes | the rule's counters since they were last reset |
+| Δpkt/s, Δbyte/s | packets / bytes per second during the last poll (`·` = none) |
+| verdict | what the rule does: accept, drop, reject, jump, return, or a target (log, dnat) |
+| comment | the rule's comment, shown literally |
+| rule | the rule as you would type it |
+
+A bold row matched packets during the last poll: red for drop/reject, green for accept.
+
+## Keys
+
+| key | action |
+|---|---|
+| `q` | quit |
+| `p` | pause / resume the display (polling continues; resume shows the newest data) |
+| `s` | sort: busiest first (packets per second) / chain order |
+| `r` | refresh now (poll without waiting for the interval) |
+| `/` | filter rules by text, comment, chain or table; Enter keeps it, Esc clears it |
+| `?`, `F1` | this help |
+| ↑ ↓ PgUp PgDn | move in the table; the cursor stays on its rule as counters change |
+| `ctrl+p` | command palette (every action above) |
+
+Press Esc, `q` or `?` to close this help.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,q,question_mark,f1", "dismiss", "Close help", id="help-close"),
+    ]
+
+    def __init__(self, backend_notes: list[str] | None = None) -> None:
+        super().__init__(id="help")
+        self._notes = backend_notes or []
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-body"):
+            yield Markdown(HELP, id="help-text")
+            if self._notes:
+                # Backend reasons come from the system: Static with markup off prints them as-is.
+                yield Static("Backends:\n" + "\n".join(f"  {n}" for n in self._notes),
+                             id="help-backends", markup=False)
