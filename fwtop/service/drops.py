@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +38,12 @@ class DropBatch:
 
 @dataclass(slots=True)
 class DropSources:
-    """What to read. `groups` are NFLOG groups; `interfaces` (with a netns) filter LOG lines."""
+    """What to read. `groups` are NFLOG groups (None: the groups the ruleset uses, plus
+    `extra_groups`); `interfaces` (with a netns) filter LOG lines (None: the namespace's own,
+    read once the reader thread is inside it)."""
 
-    groups: Sequence[int] = ()
+    groups: Sequence[int] | None = ()
+    extra_groups: Sequence[int] = ()
     netns: NetNamespace | None = None
     interfaces: frozenset[str] | None = None
     kmsg: bool = True
@@ -47,18 +51,38 @@ class DropSources:
     off: list[SourceStats] = field(default_factory=list)  # sources that could not start
 
 
+def resolve_sources(cfg: DropSources) -> None:
+    """Fill in what depends on the namespace (call it inside the namespace): the NFLOG groups
+    the ruleset uses and, with a netns, its interface names."""
+    if cfg.groups is None:
+        from fwtop.core.nflog import groups_in_ruleset
+        from fwtop.firewall import FirewallError, load_ruleset
+
+        try:
+            found = set(groups_in_ruleset(load_ruleset()))
+        except FirewallError as exc:
+            cfg.off.append(SourceStats("nflog", False,
+                                       off_reason=f"cannot read the ruleset for NFLOG groups: "
+                                                  f"{exc}"))
+            found = set()
+        cfg.groups = sorted(found | set(cfg.extra_groups))
+    if cfg.netns is not None and cfg.interfaces is None:
+        cfg.interfaces = frozenset(name for _, name in socket.if_nameindex())
+
+
 def open_readers(cfg: DropSources) -> list[DropReader]:
     """Open every reader the configuration asks for in the calling thread's namespace; a reader
     that cannot start is recorded in `cfg.off` with its reason instead of failing the rest."""
     from fwtop.sources import kmsg, nflog, tracepoint
 
+    resolve_sources(cfg)
     readers: list[DropReader] = []
     if cfg.groups:
         try:
             readers.append(nflog.NflogReader(list(cfg.groups)))
         except nflog.NflogError as exc:
             cfg.off.append(SourceStats("nflog", False, off_reason=str(exc)))
-    else:
+    elif not any(s.source == "nflog" for s in cfg.off):
         cfg.off.append(SourceStats("nflog", False,
                                    off_reason="no NFLOG rule (-j NFLOG / log group N) in the "
                                               "ruleset; pass --nflog-group to listen anyway"))

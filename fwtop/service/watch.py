@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 import time
 from typing import TextIO
 
 from fwtop.core.events import SourceStats
-from fwtop.firewall import load_ruleset
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch, DropSources, DropStream
 
@@ -25,22 +23,12 @@ def _stats_line(stats: tuple[SourceStats, ...], shed: int) -> str:
                        "sources": [s.to_json() for s in stats], "shed": shed})
 
 
-def drop_sources(netns: NetNamespace | None, extra_groups: list[int]) -> DropSources:
-    """Which readers to run for the calling thread's namespace: NFLOG groups the ruleset uses
-    plus any asked for, LOG lines narrowed to this namespace's interfaces."""
-    from fwtop.core.nflog import groups_in_ruleset
-
-    groups = sorted(set(groups_in_ruleset(load_ruleset())) | set(extra_groups))
-    interfaces = None
-    if netns is not None:
-        interfaces = frozenset(name for _, name in socket.if_nameindex())
-    return DropSources(groups=groups, netns=netns, interfaces=interfaces)
-
-
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
           duration: float | None, stats_interval: float = 1.0) -> int:
     """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code."""
-    cfg = drop_sources(netns, extra_groups)
+    # NFLOG groups the ruleset uses plus any asked for, LOG lines narrowed to the namespace's
+    # interfaces: both worked out by the reader thread inside the namespace.
+    cfg = DropSources(groups=None, extra_groups=extra_groups, netns=netns)
     lock = threading.Lock()
     done = threading.Event()
     last_stats = [float("-inf")]  # the first batch says at once which sources run
