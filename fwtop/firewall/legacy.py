@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from typing import Any
 
 from fwtop.core.iptables_syntax import parse_rule_args
@@ -131,16 +132,23 @@ def _load_table(iptc: Any, family: str, name: str) -> Table:
 _LEGACY_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0, "security": 50}
 
 
+# python-iptables keeps process-wide state in libxtables (the loaded match/target modules and
+# the current family): two threads walking tables at once livelock in xtables.find_match. The
+# rules poller and the drop readers both load rulesets, so every use goes through this lock.
+_IPTC_LOCK = threading.Lock()
+
+
 def load() -> list[Table]:
     """Every live legacy table (IPv4 and IPv6) of the calling thread's namespace."""
     names = {fam: live_tables(fam) for fam in _NAMES_FILES}
     if not any(names.values()):
         return []
-    iptc = _iptc()
     tables: list[Table] = []
-    for family, tnames in names.items():
-        for name in tnames:
-            tables.append(_load_table(iptc, family, name))
+    with _IPTC_LOCK:
+        iptc = _iptc()
+        for family, tnames in names.items():
+            for name in tnames:
+                tables.append(_load_table(iptc, family, name))
     return tables
 
 
