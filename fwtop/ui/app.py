@@ -29,7 +29,7 @@ from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
 from fwtop.service.rules import RulesView
 from fwtop.ui.render import HeaderState, RowsBuilder, backend_notes, status_segments
-from fwtop.ui.render_drops import drops_title, off_reasons, summary_segments
+from fwtop.ui.render_drops import drops_title, off_reasons, off_segments, summary_segments
 from fwtop.ui.screens import HelpScreen
 from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
 
@@ -295,10 +295,10 @@ class FwtopApp(App[None]):
         pane = self._q("#drops-pane")
         pane.border_title = drops_title(self.drop_stats, self.paused)
         reasons = off_reasons(self.drop_stats)
-        pane.border_subtitle = "1 · hover: sources off" if reasons else "1"
         pane.tooltip = "\n".join(reasons) if reasons else None
         self._q("#drop-summary", Static).update(to_text(summary_segments(
-            self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)))
+            self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)
+            + off_segments(self.drop_stats)))
 
     def on_view_ready(self, _: ViewReady) -> None:
         wait = self._last_render + MIN_RENDER_INTERVAL - time.monotonic()

@@ -117,3 +117,12 @@ def summary_segments(log: DropLog, shown: int, needle: str, shed: int) -> list[S
         tail += f", {human_count(shed)} shed by fwtop"
     segs.append((safe(tail), DIM))
     return segs
+
+
+def off_segments(stats: Sequence[SourceStats]) -> list[Segment]:
+    """Why each source that is off is off, on a line of its own: an empty pane is never
+    ambiguous (a mouse hover is not something to rely on in a terminal)."""
+    segs: list[Segment] = []
+    for reason in off_reasons(stats):
+        segs += [("\n", ""), (safe(reason), "italic yellow")]
+    return segs
