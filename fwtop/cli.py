@@ -52,6 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_rules = sub.add_parser("rules", help="print every rule and policy of every backend")
     _add_netns(p_rules)
     p_rules.add_argument("--json", action="store_true", help="JSON output")
+    p_explain = sub.add_parser(
+        "explain", help="which rule or policy decides a packet's fate, and why",
+        description="Run a packet through the namespace's firewall the way the kernel does "
+                    "and name the rule or chain policy that decides it.")
+    _add_netns(p_explain)
+    p_explain.add_argument("--proto", required=True,
+                           help="tcp, udp, icmp, icmpv6 (or another protocol name)")
+    p_explain.add_argument("--src", required=True, help="source address")
+    p_explain.add_argument("--dst", required=True, help="destination address")
+    p_explain.add_argument("--sport", type=int, help="source port")
+    p_explain.add_argument("--dport", type=int, help="destination port")
+    p_explain.add_argument("--icmp-type", type=int, help="ICMP/ICMPv6 type number")
+    p_explain.add_argument("--icmp-code", type=int, help="ICMP/ICMPv6 code")
+    p_explain.add_argument("--iif", help="interface the packet arrives on")
+    p_explain.add_argument("--oif", help="interface the packet leaves by")
+    p_explain.add_argument("--hook", choices=["input", "forward", "output"],
+                           help="force the routing decision (default: from the routes)")
+    p_explain.add_argument("--ct-state", default="new",
+                           choices=["new", "established", "related", "invalid", "untracked"],
+                           help="conntrack state of the packet (default new)")
+    p_explain.add_argument("--json", action="store_true", help="JSON output")
     p_watch = sub.add_parser("watch", help="headless event stream as JSON lines")
     _add_netns(p_watch)
     p_watch.add_argument("--json", action="store_true", required=True,
@@ -101,6 +122,43 @@ def cmd_rules(args: argparse.Namespace) -> int:
             print(f"  {ident:>6} {cnt}  {r.text}")
     for w in ruleset.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from fwtop.core.evaluator import Packet
+    from fwtop.service.explain import explain_in_namespace
+
+    for name in ("src", "dst"):
+        try:
+            ipaddress.ip_address(getattr(args, name))
+        except ValueError:
+            raise CliError(f"--{name} {getattr(args, name)!r} is not an IP address") from None
+    if (":" in args.src) != (":" in args.dst):
+        raise CliError("--src and --dst must both be IPv4 or both IPv6")
+    for name in ("sport", "dport"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 65535:
+            raise CliError(f"--{name} {value}: ports are 0-65535")
+    proto = args.proto.lower()
+    if proto in ("icmp6", "ipv6-icmp"):
+        proto = "icmpv6"
+    if proto in ("tcp", "udp") and args.dport is None:
+        print("fwtop explain: note: no --dport given; rules that match on ports make the "
+              "answer uncertain", file=sys.stderr)
+    require_root()
+    _enter_netns(args.netns)
+    pkt = Packet(proto=proto, src=args.src, dst=args.dst, sport=args.sport, dport=args.dport,
+                 icmp_type=args.icmp_type, icmp_code=args.icmp_code, iif=args.iif,
+                 oif=args.oif, hook=args.hook, ct_state=args.ct_state)
+    result = explain_in_namespace(pkt)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(result.text())
     return 0
 
 
@@ -162,7 +220,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, None: cmd_tui}
+    handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, "explain": cmd_explain,
+                None: cmd_tui}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
