@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "are found automatically)")
     p_watch.add_argument("--stats-interval", type=float, default=1.0, metavar="S",
                          help="seconds between stats lines (default 1)")
+    p_watch.add_argument("--conntrack-interval", type=float, default=1.0, metavar="S",
+                         help="seconds between conntrack lines (count, fill, growth, time to "
+                              "full, alarms; default 1; 0 turns them off)")
+    p_watch.add_argument("--conntrack-breakdown", type=float, default=None, metavar="S",
+                         help="also dump the conntrack table every S seconds and print what "
+                              "fills it (states, protocols, top sources and ports)")
     return parser
 
 
@@ -171,10 +177,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     for group in args.nflog_group:
         if not 0 <= group <= 65535:
             raise CliError(f"--nflog-group {group}: NFLOG groups are 0-65535")
+    if args.conntrack_interval < 0:
+        raise CliError("--conntrack-interval must be 0 (off) or a positive number of seconds")
+    if args.conntrack_breakdown is not None and args.conntrack_breakdown <= 0:
+        raise CliError("--conntrack-breakdown must be a positive number of seconds")
     ns = resolve(args.netns)
     if ns is not None:
         enter(ns)
-    return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval)
+    return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval,
+                 conntrack_interval=args.conntrack_interval or None,
+                 conntrack_breakdown=args.conntrack_breakdown)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

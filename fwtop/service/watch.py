@@ -3,6 +3,11 @@
 Each drop is one `{"type": "drop", ...}` line (DropEvent.to_json); every stats interval, and once
 at the end, a `{"type": "stats", "sources": [...]}` line tells what each source received and
 lost, and which sources are off and why, so an empty stream is never ambiguous.
+
+Every conntrack interval a `{"type": "conntrack", "ts", "count", "max", "fill", "rate_per_s",
+"eta_full_s", "stats": {...}, ...}` line (ConntrackView.to_json) follows the table; with a
+breakdown interval, `{"type": "conntrack_breakdown", ...}` lines say what fills it. The first
+line is always the first stats line, the last one the final stats line.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import threading
 import time
 from typing import TextIO
 
+from fwtop.core.conntrack import ConntrackView
 from fwtop.core.events import SourceStats
 from fwtop.firewall.netns import NetNamespace
+from fwtop.service.conntrack import ConntrackMonitor
 from fwtop.service.drops import DropBatch, DropSources, DropStream
 
 
@@ -23,9 +30,24 @@ def _stats_line(stats: tuple[SourceStats, ...], shed: int) -> str:
                        "sources": [s.to_json() for s in stats], "shed": shed})
 
 
+def _error_line(message: str) -> str:
+    return json.dumps({"type": "error", "ts": round(time.time(), 6), "message": message}) + "\n"
+
+
+def _conntrack_lines(view: ConntrackView) -> str:
+    text = json.dumps(view.to_json()) + "\n"
+    if view.breakdown_fresh and view.breakdown is not None:
+        text += json.dumps(view.breakdown.to_json()) + "\n"
+    return text
+
+
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
-          duration: float | None, stats_interval: float = 1.0) -> int:
-    """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code."""
+          duration: float | None, stats_interval: float = 1.0,
+          conntrack_interval: float | None = 1.0,
+          conntrack_breakdown: float | None = None) -> int:
+    """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code.
+    `conntrack_interval` None turns the conntrack lines off; `conntrack_breakdown` (seconds)
+    adds a breakdown line that often."""
     # NFLOG groups the ruleset uses plus any asked for, LOG lines narrowed to the namespace's
     # interfaces: both worked out by the reader thread inside the namespace.
     cfg = DropSources(groups=None, extra_groups=extra_groups, netns=netns)
@@ -34,6 +56,11 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
     last_stats = [float("-inf")]  # the first batch says at once which sources run
     latest: list[tuple[SourceStats, ...]] = [tuple(cfg.off)]
     failed: list[str] = []
+    # Conntrack lines wait for the first stats line (readers open): until then the latest is
+    # held here and written right after it.
+    started = [False]
+    held: list[ConntrackView] = []
+    held_errors: list[str] = []
 
     def write(text: str) -> None:
         try:
@@ -52,21 +79,53 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
         if lines:
             with lock:
                 write("\n".join(lines) + "\n")
+                if not started[0]:
+                    started[0] = True
+                    for message in held_errors:
+                        write(_error_line(message))
+                    for view in held:
+                        write(_conntrack_lines(view))
+                    held.clear()
+
+    def on_view(view: ConntrackView) -> None:
+        with lock:
+            if not started[0]:
+                held[:] = [view]
+                return
+            write(_conntrack_lines(view))
 
     def on_error(message: str) -> None:
         failed.append(message)
         with lock:
-            write(json.dumps({"type": "error", "ts": round(time.time(), 6),
-                              "message": message}) + "\n")
+            write(_error_line(message))
 
+    def on_conntrack_error(message: str) -> None:
+        # Not a drop source: it never decides the exit code.
+        with lock:
+            if started[0]:
+                write(_error_line(message))
+            elif len(held_errors) < 100:
+                held_errors.append(message)
+
+    conntrack = None
+    if conntrack_interval is not None:
+        # Its own kernel-log reader: "table full" is printed whatever nf_log_all_netns says,
+        # while the drop stream reads LOG lines only where they are logged.
+        conntrack = ConntrackMonitor(on_view, on_conntrack_error, netns=netns,
+                                     interval=conntrack_interval,
+                                     breakdown_every=conntrack_breakdown, kmsg=True)
     stream = DropStream(cfg, on_batch, on_error)
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     stream.start()
+    if conntrack is not None:
+        conntrack.start()
     try:
         done.wait(duration)
     except KeyboardInterrupt:
         pass
     finally:
+        if conntrack is not None:
+            conntrack.stop()
         stream.stop()
         signal.signal(signal.SIGTERM, previous)
     with lock:
