@@ -553,33 +553,62 @@ class Evaluator:
         """Run every base chain on `hook`; True if the packet was dropped/rejected/queued."""
         ctx.hook = hook
         result.hooks.append(hook)
-        for chain in self.hook_chains(hook, family):
-            if chain.type == "nat" and (ctx.pkt.ct_state != "new" or (
-                    ctx.pkt.post_nat and hook == "prerouting")):
-                continue  # nat chains only see a connection's first packet
-            res = self._run_chain(chain, ctx, result, depth=0)
-            verdict = res.verdict
-            if verdict == "return":  # fell off the base chain: the policy decides
-                policy = chain.policy
-                pv = policy.verdict if policy is not None else "accept"
-                if policy is not None:
-                    result.path.append(Step(chain.backend, chain.family, chain.table,
-                                            chain.name, None, None, None,
-                                            f"policy {pv}", f"policy-{pv}", hook))
-                if pv in ("drop", "reject", "queue"):
-                    result.verdict, result.rule, result.policy = pv, None, policy
-                    return True
-                if pv == "unknown":
-                    result.certain = False
-                continue
-            if verdict in ("drop", "reject", "queue"):
-                result.verdict, result.rule, result.policy = verdict, res.rule, None
+        chains = [c for c in self.hook_chains(hook, family) if not (
+            c.type == "nat" and (ctx.pkt.ct_state != "new" or (
+                ctx.pkt.post_nat and hook == "prerouting")))]  # nat: first packet only
+        for i, chain in enumerate(chains):
+            decided = self._run_base_chain(chain, ctx, result, hook)
+            if decided:
+                self._same_priority_rivals(chain, chains[i + 1:], ctx, result, hook)
                 return True
-            if verdict == "unknown":
-                result.certain = False
-                result.reasons.append(f"{_where(res.rule)} has a verdict fwtop cannot follow "
-                                      f"(`{_short(res.rule.text if res.rule else '', 80)}`)")
         return False
+
+    def _run_base_chain(self, chain: Chain, ctx: _Ctx, result: Verdict, hook: str) -> bool:
+        """One base chain, its policy included; True if it dropped, rejected or queued."""
+        res = self._run_chain(chain, ctx, result, depth=0)
+        verdict = res.verdict
+        if verdict == "return":  # fell off the base chain: the policy decides
+            policy = chain.policy
+            pv = policy.verdict if policy is not None else "accept"
+            if policy is not None:
+                result.path.append(Step(chain.backend, chain.family, chain.table,
+                                        chain.name, None, None, None,
+                                        f"policy {pv}", f"policy-{pv}", hook))
+            if pv in ("drop", "reject", "queue"):
+                result.verdict, result.rule, result.policy = pv, None, policy
+                return True
+            if pv == "unknown":
+                result.certain = False
+            return False
+        if verdict in ("drop", "reject", "queue"):
+            result.verdict, result.rule, result.policy = verdict, res.rule, None
+            return True
+        if verdict == "unknown":
+            result.certain = False
+            result.reasons.append(f"{_where(res.rule)} has a verdict fwtop cannot follow "
+                                  f"(`{_short(res.rule.text if res.rule else '', 80)}`)")
+        return False
+
+    def _same_priority_rivals(self, chain: Chain, later: list[Chain], ctx: _Ctx,
+                              result: Verdict, hook: str) -> None:
+        """Base chains with the same priority on one hook run in an order the kernel does not
+        show (the one registered last runs first). If one not yet run would also drop the
+        packet, either may be the one that counts it: say so instead of guessing."""
+        for rival in later:
+            if rival.priority != chain.priority:
+                break
+            scratch = Verdict("accept", True)
+            if self._run_base_chain(rival, ctx, scratch, hook) and scratch.verdict in (
+                    "drop", "reject"):
+                where = _where(scratch.rule) if scratch.rule else (
+                    f"the policy of {rival.backend} {rival.family} {rival.table} {rival.name}")
+                result.certain = False
+                result.reasons.append(
+                    f"{where} would {scratch.verdict} it too, and both base chains have "
+                    f"priority {chain.priority} on {hook}: the kernel runs whichever was "
+                    f"registered last first, which it does not show, so either may be the one "
+                    f"counting these drops")
+                return
 
     def _run_chain(self, chain: Chain, ctx: _Ctx, result: Verdict, depth: int) -> _ChainResult:
         if depth > 32:

@@ -138,14 +138,15 @@ class KernelAnswer:
 
 
 def send(top: Topology, proto: str, dst: str, dport: int, sport: int,
-         listen_ns: str | None = None, listen_port: int | None = None) -> KernelAnswer:
+         listen_ns: str | None = None, listen_port: int | None = None,
+         wait: float = 1.5) -> KernelAnswer:
     """One packet (one SYN, or one datagram) from the client; returns the kernel's answer."""
     before, before_l = nft_counters(top.fw), legacy_counters(top.fw)
     receiver = None
     if listen_ns is not None:
         receiver = subprocess.Popen(
             ["ip", "netns", "exec", listen_ns, sys.executable, "-c", RECEIVER, proto,
-             str(listen_port or dport), "1.5", "6" if ":" in dst else "4"],
+             str(listen_port or dport), str(wait), "6" if ":" in dst else "4"],
             stdout=subprocess.PIPE, text=True)
         assert receiver.stdout is not None
         assert receiver.stdout.readline().strip() == "ready"
