@@ -362,7 +362,6 @@ class BreakdownCounter:
         self.destinations: Counter[bytes] = Counter()
         self.dports: Counter[int] = Counter()  # proto << 16 | dport
         self.keep_oldest = max(0, oldest)
-        self.with_timestamps = 0
         # Min-heaps of (key, tiebreak, entry) holding the `oldest` largest keys seen.
         self._by_age: list[tuple[float, int, tuple[Any, ...]]] = []
         self._by_idle: list[tuple[float, int, tuple[Any, ...]]] = []
@@ -371,8 +370,17 @@ class BreakdownCounter:
         self.full_timeouts: dict[int, int] = {}
 
     def oldest_floor(self) -> float:
-        """The idle time an entry must exceed to enter the (full) oldest list."""
+        """The idle time an entry must exceed to enter the (full) oldest-by-idle list."""
         heap = self._by_idle
+        if not self.keep_oldest:
+            return math.inf
+        return heap[0][0] if len(heap) >= self.keep_oldest else -math.inf
+
+    def age_floor(self) -> float:
+        """The negated creation time an entry must exceed to enter the oldest-by-age list."""
+        heap = self._by_age
+        if not self.keep_oldest:
+            return math.inf
         return heap[0][0] if len(heap) >= self.keep_oldest else -math.inf
 
     @property
@@ -399,7 +407,6 @@ class BreakdownCounter:
                         start_ns: int | None) -> None:
         item = (src, dst, proto, sport, dport, state, status, timeout, start_ns)
         if start_ns is not None:
-            self.with_timestamps += 1
             _push(self._by_age, -float(start_ns), self.n, item, self.keep_oldest)
             return
         key = proto << 16 | (state or 0) << 1 | (status >> 2 & 1)

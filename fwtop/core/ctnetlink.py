@@ -117,6 +117,7 @@ def parse_dump_into(data: BytesLike, acc: BreakdownCounter, status: DumpStatus,
                                               acc.protos, acc.states)
     keep_oldest = acc.keep_oldest
     floor = acc.oldest_floor()
+    age_floor = acc.age_floor()
     fulls = acc.full_timeouts
     limit = acc.limit if acc.limit is not None else -1
     n = acc.n
@@ -158,13 +159,17 @@ def parse_dump_into(data: BytesLike, acc: BreakdownCounter, status: DumpStatus,
                         h1, status_bits, h2, _m, h3, _i, h4, _u, h5, timeout = block5(data, q)
                         if (h1, h2, h3, h4, h5) == _SIG5:
                             rest = False
-                            state = start_ns = None
-                            if proto == 6:
-                                q += 40
-                                if q + 13 <= mend:
-                                    pi, state = tcp_pi(data, q)
-                                    if pi != _TCP_PI_SIG:
-                                        state = _tcp_after(data, q, mend)
+                            state = None
+                            q += 40
+                            if proto == 6 and q + 13 <= mend:
+                                pi, state = tcp_pi(data, q)
+                                if pi == _TCP_PI_SIG:
+                                    q += 48
+                                else:
+                                    state = _tcp_after(data, q, mend)
+                            # Usually one or two attributes are left (TIMESTAMP when the
+                            # namespace has nf_conntrack_timestamp=1, SYNPROXY).
+                            start_ns = _timestamp_after(data, q, mend)
                 else:
                     orig = _orig_tuple(data, p, mend)
                     if orig is None:
@@ -197,15 +202,28 @@ def parse_dump_into(data: BytesLike, acc: BreakdownCounter, status: DumpStatus,
                         acc.consider_oldest(src, dst, proto, sport, dport, state, status_bits,
                                             timeout, start_ns)
                         floor = acc.oldest_floor()
-                else:
+                elif -start_ns > age_floor:
                     acc.n = n
                     acc.consider_oldest(src, dst, proto, sport, dport, state, status_bits,
                                         timeout, start_ns)
+                    age_floor = acc.age_floor()
             pos = nxt
     except (struct.error, IndexError, ValueError):
         malformed += 1
     acc.n = n
     acc.malformed += malformed
+
+
+def _timestamp_after(data: BytesLike, p: int, end: int) -> int | None:
+    if p + 4 > end:
+        return None
+    alen, atype = _NLA.unpack_from(data, p)
+    if atype & NLA_TYPE_MASK != CTA_TIMESTAMP:
+        if alen < 4 or p + ((alen + 3) & ~3) >= end:
+            return None  # the last attribute (SYNPROXY, usually) and not a timestamp
+        ts = _find(data, p, end, CTA_TIMESTAMP)
+        return None if ts is None else _timestamp_start(data, ts[0], ts[1])
+    return _timestamp_start(data, p + 4, min(p + alen, end))
 
 
 def _tcp_after(data: BytesLike, p: int, end: int) -> int | None:
