@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fwtop.core.correlate import packet_of
 from fwtop.core.evaluator import Evaluator, NetContext, Packet, Verdict
-from fwtop.core.events import DropEvent
 from fwtop.core.explain import ListenerInfo, explain, summary_line
 from fwtop.core.model import Ruleset
+
+__all__ = ["Explanation", "explain_in_namespace", "packet_of"]
 
 
 @dataclass(slots=True)
@@ -62,13 +64,3 @@ def explain_in_namespace(pkt: Packet, ruleset: Ruleset | None = None,
         if found is not None:
             info = ListenerInfo(found.pid, found.name)
     return Explanation(v, explain(evaluator, v, info, checked), info)
-
-
-def packet_of(event: DropEvent) -> Packet | None:
-    """The evaluator's packet for a logged drop (None when the event lacks addresses)."""
-    if event.src is None or event.dst is None or event.proto is None:
-        return None
-    hook = event.hook if event.hook in ("input", "forward", "output") else None
-    return Packet(proto=event.proto, src=event.src, dst=event.dst, sport=event.sport,
-                  dport=event.dport, icmp_type=event.icmp_type, icmp_code=event.icmp_code,
-                  iif=event.iif, oif=event.oif, hook=hook, post_nat=hook is not None)

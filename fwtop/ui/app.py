@@ -21,16 +21,32 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches, QueryType
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import DataTable, Footer, Static
 
+from fwtop.core.correlate import Attribution, Correlator, packet_of
 from fwtop.core.droplog import DropLog
+from fwtop.core.evaluator import NetContext
 from fwtop.core.events import DropEvent, SourceStats
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
 from fwtop.service.rules import RulesView
-from fwtop.ui.render import HeaderState, RowsBuilder, backend_notes, status_segments
-from fwtop.ui.render_drops import drops_title, off_reasons, off_segments, summary_segments
-from fwtop.ui.screens import HelpScreen
+from fwtop.ui.render import (
+    Cell,
+    HeaderState,
+    RowsBuilder,
+    backend_notes,
+    safe,
+    status_segments,
+)
+from fwtop.ui.render_drops import (
+    drops_title,
+    flow_text,
+    off_reasons,
+    off_segments,
+    rule_cell,
+    summary_segments,
+)
+from fwtop.ui.screens import ExplainScreen, HelpScreen
 from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
 
 RENDER_HZ = 10.0
@@ -117,6 +133,8 @@ class FwtopApp(App[None]):
         Binding("tab", "focus_next", "Next pane", show=False),
         Binding("1", "focus_pane('drops')", "Drops", id="pane-drops", show=False),
         Binding("2", "focus_pane('rules')", "Rules", id="pane-rules", show=False),
+        Binding("e", "explain_drop", "Explain", id="explain",
+                tooltip="Why the selected drop was dropped: its rule, path and reasons"),
         Binding("question_mark", "help", "Help", id="help", key_display="?",
                 tooltip="What the panes, columns and keys mean"),
         Binding("f1", "help", "Help", id="help-f1", show=False),
@@ -124,8 +142,15 @@ class FwtopApp(App[None]):
 
     def __init__(self, monitor_factory: MonitorFactory, netns_name: str = "host",
                  lab: bool = False, host: str | None = None,
-                 drops_factory: DropsFactory | None = None) -> None:
+                 drops_factory: DropsFactory | None = None,
+                 net_factory: Callable[[], NetContext] | None = None,
+                 netns: NetNamespace | None = None) -> None:
         super().__init__()
+        self._netns = netns
+        self._net_factory = net_factory
+        self._net: NetContext | None = None
+        self._net_at = float("-inf")
+        self.correlator = Correlator()
         self._monitor_factory = monitor_factory
         self._monitor: MonitorHandle | None = None
         self._drops_factory = drops_factory
@@ -164,6 +189,7 @@ class FwtopApp(App[None]):
         with Horizontal(id="panes"):
             with Vertical(id="drops-pane"):
                 yield DropsTable(id="drops")
+                yield Static(id="drop-detail", markup=False)
                 yield Static(id="drop-summary", markup=False)
                 yield FilterInput(placeholder="filter drops: words all present, e.g. "
                                               "\"udp 10.77\" or \"dport 8080\"",
@@ -288,7 +314,81 @@ class FwtopApp(App[None]):
 
     def _show_drop_rows(self) -> None:
         self.drop_renders += 1
-        self.drops_table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle))
+        self.drops_table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle),
+                              self._rule_cell)
+        self._show_drop_detail()
+
+    # --- correlation: which rule dropped it -------------------------------------------------
+
+    def _net_context(self) -> NetContext | None:
+        """The namespace's addresses and routes, re-read at most every 10 s."""
+        now = time.monotonic()
+        if self._net_factory is not None and now - self._net_at > 10.0:
+            self._net_at = now
+            try:
+                self._net = self._net_factory()
+            except Exception as exc:  # shown, never fatal: attribution is then less sure
+                self._error = f"cannot read routes/addresses: {exc}"
+        return self._net
+
+    def attribution(self, event: DropEvent) -> Attribution | None:
+        return self.correlator.attribute(event, self._net_context())
+
+    def _rule_cell(self, event: DropEvent) -> Cell:
+        a = self.attribution(event)
+        return rule_cell(a.label if a else None, a.certain if a else False)
+
+    def _show_drop_detail(self) -> None:
+        """One line under the drops: the selected drop's rule and why; its rule is selected
+        in the Rules pane."""
+        detail = self._q("#drop-detail", Static)
+        e = self.drops_table.selected
+        a = self.attribution(e) if e is not None else None
+        if e is None or a is None:
+            detail.update("")
+            return
+        sure = "" if a.certain else " (not certain: enter for details)"
+        detail.update(to_text([("▸ ", "bold magenta"), (safe(a.summary), ""),
+                               (sure, "dim"), ("  enter: explain", "dim")]))
+        if a.key is not None and self.drops_table.has_focus:
+            self.table.select_key(a.key)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "drops":
+            self._show_drop_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "drops":
+            self.action_explain_drop()
+
+    def action_explain_drop(self) -> None:
+        e = self.drops_table.selected
+        ev = self.correlator.evaluator
+        if e is None or ev is None:
+            self.notify("Select a drop first (and wait for the first rules poll).", timeout=3)
+            return
+        pkt = packet_of(e)
+        if pkt is None:
+            self.notify("This drop does not carry the packet's addresses.", timeout=3)
+            return
+        screen = ExplainScreen(flow_text(e))
+        self.push_screen(screen)
+        netns, net = self._netns, self._net_context()
+
+        def work() -> None:
+            from fwtop.firewall.netns import run_in
+            from fwtop.service.explain import explain_in_namespace
+
+            def explain_here() -> str:
+                return explain_in_namespace(pkt, net=net, evaluator=ev).text()
+
+            try:
+                text = run_in(netns, explain_here) if netns is not None else explain_here()
+            except Exception as exc:
+                text = f"could not explain: {type(exc).__name__}: {exc}"
+            self.call_from_thread(screen.show, text)
+
+        self.run_worker(work, thread=True, exclusive=True, group="explain")
 
     def _show_drops_frame(self) -> None:
         """The pane's title (every source's counts, off sources) and the summary line."""
@@ -328,6 +428,10 @@ class FwtopApp(App[None]):
         self._render(view)
 
     def _render(self, view: RulesView) -> None:
+        first = self.shown is None or self.shown.ruleset is not view.ruleset
+        self.correlator.use(view.ruleset)
+        if first and self.drops_table.events:
+            self._show_drop_rows()  # the rule column can now be filled in
         self.shown = view
         self._last_render = time.monotonic()
         self.renders += 1
@@ -420,6 +524,8 @@ class FwtopApp(App[None]):
             self._filter_target = "rules"
         elif focused is not None and focused.id in ("drops", "drop-filter"):
             self._filter_target = "drops"
+            if focused.id == "drops":
+                self._show_drop_detail()  # and select its rule in the Rules pane
 
     def action_focus_pane(self, pane: str) -> None:
         target = self.drops_table if pane == "drops" else self.table
@@ -490,8 +596,21 @@ def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: boo
     factory = monitor_factory or default_monitor_factory(netns, interval)
     if drops_factory is None and real_drops:
         drops_factory = default_drops_factory(netns, nflog_groups)
+    net_factory = None
+    if monitor_factory is None:  # the real namespace: read its routes for the evaluator
+        net_factory = default_net_factory(netns)
     return FwtopApp(factory, netns_name=netns.name if netns is not None else "host", lab=lab,
-                    drops_factory=drops_factory)
+                    drops_factory=drops_factory, net_factory=net_factory, netns=netns)
+
+
+def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:
+    def read() -> NetContext:
+        from fwtop.firewall.netns import run_in
+        from fwtop.firewall.routing import net_context
+
+        return run_in(netns, net_context) if netns is not None else net_context()
+
+    return read
 
 
 def run_app(netns: NetNamespace | None, interval: float = 1.0, lab: bool = False,

@@ -19,6 +19,7 @@ DROP_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("from", "from", None),
     ("to", "to", None),
     ("proto", "proto", 5),
+    ("rule", "rule", None),
     ("why", "prefix / reason", None),
     ("where", "where", None),
     ("info", "flags", None),
@@ -34,6 +35,13 @@ def _endpoint(addr: str | None, port: int | None) -> str:
         return "?"
     host = f"[{addr}]" if ":" in addr and port is not None else addr
     return f"{host}:{port}" if port is not None else host
+
+
+def flow_text(e: DropEvent) -> str:
+    """"tcp 10.0.0.2:40000 → 10.0.0.1:8080", or for ICMP "icmp type 8 10.0.0.2 → 10.0.0.1"."""
+    if e.icmp_type is not None:
+        return f"{e.proto} type {e.icmp_type} {e.src} → {e.dst}"
+    return f"{e.proto} {_endpoint(e.src, e.sport)} → {_endpoint(e.dst, e.dport)}"
 
 
 def _where(e: DropEvent) -> str:
@@ -52,7 +60,13 @@ def _info(e: DropEvent) -> str:
     return ""
 
 
-def drop_cells(e: DropEvent) -> tuple[Cell, ...]:
+def rule_cell(label: str | None, certain: bool) -> Cell:
+    if label is None:
+        return (("…", DIM),)
+    return ((safe(label), "bold magenta" if certain else "magenta"),)
+
+
+def drop_cells(e: DropEvent, rule: Cell = (("", ""),)) -> tuple[Cell, ...]:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.wall))
     why = e.prefix or e.reason or ""
     src_style = "bold red" if e.source == "conntrack" else ""
@@ -61,6 +75,7 @@ def drop_cells(e: DropEvent) -> tuple[Cell, ...]:
         ((safe(_endpoint(e.src, e.sport)), src_style),),
         ((safe(_endpoint(e.dst, e.dport)), "bold"),),
         ((safe(e.proto or "?"), "bold"),),
+        rule,
         ((safe(clip(why, PREFIX_MAX)), "red"),),
         ((safe(_where(e)), ""),),
         ((safe(_info(e)), "yellow" if e.tcp_flags else ""),),

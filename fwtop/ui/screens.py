@@ -83,3 +83,28 @@ class HelpScreen(ModalScreen[None]):
                 # Backend reasons come from the system: Static with markup off prints them as-is.
                 yield Static("Backends:\n" + "\n".join(f"  {n}" for n in self._notes),
                              id="help-backends", markup=False)
+
+
+class ExplainScreen(ModalScreen[None]):
+    """The full explanation of one drop: verdict, deciding rule, reasons, the path."""
+
+    BINDINGS = [Binding("escape,q,e,enter", "dismiss", "Close", id="explain-close")]
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self._title = title
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="explain-body"):
+            yield Static(id="explain-text", markup=False)
+
+    def on_mount(self) -> None:
+        body = self.query_one("#explain-body")
+        body.border_title = f"Why: {self._title}"
+        body.border_subtitle = "esc to close"
+        self.query_one("#explain-text", Static).update("evaluating…")
+
+    def show(self, text: str) -> None:
+        from fwtop.ui.render import safe
+
+        self.query_one("#explain-text", Static).update(safe(text).replace("\\x0a", "\n"))

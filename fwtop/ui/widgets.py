@@ -3,7 +3,7 @@ the filter input and the status line. They only display what the app hands them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.text import Text
 from textual.binding import Binding
@@ -182,6 +182,16 @@ class RulesTable(DataTable[Text]):
                         width > widest.get(col, (0, ""))[0]:
                     widest[col] = (width, row.key)
 
+    def select_key(self, key: str) -> bool:
+        """Put the cursor on a rule (or policy's chain row) by key; False if not shown."""
+        if key.endswith(":policy"):
+            backend, family, table, chain, _ = key.rsplit(":", 4)
+            key = f"chain|{backend}|{family}|{table}|{chain}"
+        if key not in self._specs:
+            return False
+        self._keep_cursor(key)
+        return True
+
     def _rebuild(self, rows: Sequence[RowSpec], cursor_key: str | None) -> None:
         with self.app.batch_update():
             self.clear()
@@ -235,7 +245,8 @@ class DropsTable(DataTable[Text]):
             return None
         return self.events[self.cursor_row]
 
-    def show(self, events: Sequence[DropEvent]) -> None:
+    def show(self, events: Sequence[DropEvent],
+             rule_of: Callable[[DropEvent], Cell] | None = None) -> None:
         from fwtop.ui.render_drops import drop_cells
 
         keep = self.selected if self.cursor_row > 0 else None  # row 0 follows the newest
@@ -254,7 +265,8 @@ class DropsTable(DataTable[Text]):
         with self.app.batch_update():
             self.clear()
             for e, key in zip(events, keys, strict=True):
-                self.add_row(*(to_text(cell) for cell in drop_cells(e)), key=key)
+                cells = drop_cells(e, rule_of(e)) if rule_of is not None else drop_cells(e)
+                self.add_row(*(to_text(cell) for cell in cells), key=key)
             self.events = events
             self.keys = keys
             self.refills += 1

@@ -20,7 +20,8 @@ KMSG_OFF = SourceStats("kmsg", False, off_reason="net.netfilter.nf_log_all_netns
 def drop(i: int, *, src: str = "10.77.1.2", dport: int = 8080, prefix: str = "fwlab-input-drop",
          proto: str = "tcp") -> DropEvent:
     now = time.time()
-    return DropEvent("nflog", time.monotonic(), now + i * 0.001, prefix=prefix, group=7,
+    return DropEvent("nflog", time.monotonic(), now + i * 0.001, prefix=prefix,
+                     group=7 if prefix else None,
                      hook="input", iif="veth-c", family="ip", proto=proto, src=src,
                      dst="10.77.1.1", sport=40000 + i, dport=dport, tcp_flags="SYN", len=60)
 
@@ -171,3 +172,87 @@ async def test_drops_keep_coming_while_help_is_open() -> None:
         assert app.drop_log.total == 2
         await pilot.press("escape")
         await settle(pilot, lambda: app.drops_table.row_count == 2)
+
+
+# --- correlation: a drop names its rule -------------------------------------------------------
+
+
+def correlated_app() -> tuple[FwtopApp, list[FakeDrops]]:
+    from fwtop.core.evaluator import NetContext
+    from fwtop.core.iptables_syntax import parse_rule_args
+    from fwtop.core.model import Chain, Counters, Policy, Rule, Ruleset, Table, rule_key
+    from fwtop.core.rates import CounterSnapshot, rates
+
+    def rule(pos: int, text: str) -> Rule:
+        matches, verdict, target, comment = parse_rule_args(text.split())
+        cid = ("iptables-nft", "ip", "filter", "INPUT")
+        return Rule("iptables-nft", "ip", "filter", "INPUT", pos, pos + 3, "-A INPUT " + text,
+                    verdict, target, matches, Counters(0, 0), comment, None,
+                    rule_key(cid, pos + 3, text))
+
+    rules = (rule(1, "-p tcp --dport 22 -j ACCEPT"), rule(2, "-p tcp --dport 8080 -j DROP"),
+             rule(3, "-p tcp --dport 8080 -j ACCEPT"),
+             rule(4, "-j NFLOG --nflog-prefix fwlab-input-drop --nflog-group 7"))
+    policy = Policy("iptables-nft", "ip", "filter", "INPUT", "drop", Counters(0, 0))
+    rs = Ruleset(tables=(Table("iptables-nft", "ip", "filter", (
+        Chain("iptables-nft", "ip", "filter", "INPUT", rules, "input", 0, "filter", policy),)),))
+    snap = CounterSnapshot(1.0, {r.key: Counters(0, 0) for r in rules})
+    view = RulesView(1.0, rs, snap.counters, rates(None, snap), 0.001, 0.001, True, 1, ())
+
+    class Monitor(FakeMonitor):
+        def __init__(self, on_rules: Callable[[RulesView], None],
+                     on_error: Callable[[str], None]) -> None:
+            self.on_rules = on_rules
+
+        def start(self) -> None:
+            self.on_rules(view)
+
+    made: list[FakeDrops] = []
+
+    def drops(on_batch: Callable[[DropBatch], None],
+              on_error: Callable[[str], None]) -> FakeDrops:
+        made.append(FakeDrops(on_batch, on_error))
+        return made[-1]
+
+    app = build_app(monitor_factory=Monitor, drops_factory=drops)
+    app._net_factory = lambda: NetContext(local=(("10.77.1.1", "to-client"),))
+    return app, made
+
+
+async def test_each_drop_names_its_rule_and_enter_explains_it() -> None:
+    from fwtop.ui.screens import ExplainScreen
+
+    app, made = correlated_app()
+    async with app.run_test(size=(200, 50)) as pilot:
+        await settle(pilot, lambda: app.shown is not None)
+        made[0].send([drop(1, dport=5432), drop(2, dport=8080, prefix=None)])
+        await settle(pilot, lambda: app.drops_table.row_count == 2)
+        # Newest first: the 8080 drop (no log prefix), then 5432 (logged by #4, policy).
+        assert column(app, "rule") == ["INPUT #2", "INPUT policy"]
+        def detail() -> str:
+            return str(app.query_one("#drop-detail").render())
+
+        await pilot.press("1")
+        await settle(pilot, lambda: "drop by INPUT #2" in detail())
+        await settle(pilot, lambda: str(app.table.cursor_key).endswith(":5"))
+        await pilot.press("down")
+        await settle(pilot, lambda: "dropped by the INPUT policy" in detail())
+        assert "logged by INPUT #4" in detail()
+        await settle(pilot, lambda: app.table.cursor_key == "chain|iptables-nft|ip|filter|INPUT")
+        await pilot.press("up", "enter")
+        await settle(pilot, lambda: isinstance(app.screen, ExplainScreen))
+        text = app.screen.query_one("#explain-text")
+        await settle(pilot, lambda: "DROPPED" in str(text.render()))
+        body = str(text.render())
+        assert "rule ordering" in body and "#3" in body
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ExplainScreen)
+
+
+async def test_a_prefix_no_rule_on_the_path_logs_makes_it_uncertain() -> None:
+    app, made = correlated_app()
+    async with app.run_test(size=(200, 50)) as pilot:
+        await settle(pilot, lambda: app.shown is not None)
+        made[0].send([drop(1, dport=8080, prefix="someone-else")])
+        await settle(pilot, lambda: app.drops_table.row_count == 1)
+        assert column(app, "rule") == ["INPUT #2?"]
