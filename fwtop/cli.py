@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_watch.add_argument("--conntrack-breakdown", type=float, default=None, metavar="S",
                          help="also dump the conntrack table every S seconds and print what "
                               "fills it (states, protocols, top sources and ports)")
+    p_watch.add_argument("--conntrack-events", action="store_true",
+                         help="listen to conntrack new/destroy events for new_per_s and "
+                              "destroy_per_s (makes the kernel send one message per connection)")
     return parser
 
 
@@ -186,7 +189,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         enter(ns)
     return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval,
                  conntrack_interval=args.conntrack_interval or None,
-                 conntrack_breakdown=args.conntrack_breakdown)
+                 conntrack_breakdown=args.conntrack_breakdown,
+                 conntrack_events=args.conntrack_events)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

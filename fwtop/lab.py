@@ -8,7 +8,9 @@ rate- and time-bounded traffic generator in the client keeps the counters moving
 touches the root network namespace: every interface, sysctl and rule is created inside the lab
 namespaces, and ``down`` removes them, the processes running in them and the state file.
 
-Command line: ``python -m fwtop.lab up|down|status|scenarios|serve|traffic|probe``.
+Command line: ``python -m fwtop.lab up|down|status|scenarios|flood|serve|traffic|probe``.
+The ``conntrack-flood`` scenario and ``flood`` fill the fw namespace's conntrack table with a
+bounded wave of UDP flows from the client (count, rate and time capped; lab addresses only).
 """
 
 from __future__ import annotations
@@ -224,6 +226,32 @@ def _fixed_nft(lab: Lab) -> str:
 """
 
 
+# The conntrack-flood scenario: the client sends one UDP datagram per flow (distinct source
+# and destination ports) to FLOOD_PORTS on the fw, which accepts them, so every one becomes a
+# conntrack entry in the fw namespace; its udp timeout is raised there so they stay 2 minutes.
+FLOOD_PORT_BASE = 40000
+FLOOD_PORTS = 1000
+FLOOD_FLOWS = 60_000
+FLOOD_RATE = 10_000.0
+FLOOD_MAX_FLOWS = 200_000
+FLOOD_MAX_RATE = 50_000.0
+FLOOD_MAX_SECONDS = 600.0
+FLOOD_UDP_TIMEOUT = 120
+
+
+def _flood_iptables(lab: Lab) -> str:
+    last = FLOOD_PORT_BASE + FLOOD_PORTS - 1
+    accept = (f"-A INPUT -s {lab.client_net} -p udp -m udp --dport {FLOOD_PORT_BASE}:{last}"
+              ' -m comment --comment "flood sink: every flow is a conntrack entry" -j ACCEPT')
+    lines = _fixed_iptables(lab).splitlines()
+    at = next(i for i, line in enumerate(lines) if "--dport 514" in line)
+    return "\n".join([*lines[:at], accept, *lines[at:]]) + "\n"
+
+
+def _start_flood_wave(lab: Lab) -> None:
+    start_flood(lab.prefix, wait=False)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -240,6 +268,16 @@ SCENARIOS: dict[str, Scenario] = {
             description="the same services with every mistake corrected (for comparison)",
             iptables_nft=_fixed_iptables,
             nft=_fixed_nft,
+        ),
+        Scenario(
+            name="conntrack-flood",
+            description=f"the fixed firewall, and a bounded wave of {FLOOD_FLOWS:,} UDP flows "
+            "from the client fills the fw's conntrack table (entries stay 120 s); "
+            "`python -m fwtop.lab flood` sends another wave",
+            iptables_nft=_flood_iptables,
+            nft=_fixed_nft,
+            fw_sysctls=(("net.netfilter.nf_conntrack_udp_timeout", str(FLOOD_UDP_TIMEOUT)),),
+            setup=_start_flood_wave,
         ),
     )
 }
@@ -1034,6 +1072,85 @@ def traffic(prefix: str, target: str, *, supernet: str = DEFAULT_SUPERNET,
         close(sock)
 
 
+def flood(prefix: str, target: str, *, supernet: str = DEFAULT_SUPERNET,
+          flows: int = FLOOD_FLOWS, rate: float = FLOOD_RATE,
+          max_seconds: float = 60.0, ready: Callable[[], None] | None = None) -> int:
+    """From the lab's client namespace, send one UDP datagram on each of FLOWS distinct flows
+    (source port x destination port in FLOOD_PORTS) to TARGET at RATE datagrams/s; stop when
+    all are sent, MAX_SECONDS pass or the lab disappears. Returns the number sent."""
+    _check_prefix(prefix)
+    netns = _ns_names(prefix)[0]
+    _require_inside(prefix, netns)
+    addr = str(_check_target(target, supernet))
+    if not 0 < flows <= FLOOD_MAX_FLOWS:
+        raise LabError(f"flood: flows must be in 1..{FLOOD_MAX_FLOWS:,}, got {flows}")
+    if not 0 < rate <= FLOOD_MAX_RATE:
+        raise LabError(f"flood: rate must be in (0, {FLOOD_MAX_RATE:g}] datagrams/s")
+    if not 0 < max_seconds <= FLOOD_MAX_SECONDS:
+        raise LabError(f"flood: max seconds must be in (0, {FLOOD_MAX_SECONDS:g}]")
+    # One socket (one source port) per FLOOD_PORTS flows: at most 200 open sockets.
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(-(-flows // FLOOD_PORTS)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind(("", 0))
+            socks.append(sock)
+        if ready is not None:
+            ready()
+        payload = b"fwlab conntrack flood"
+        sent = 0
+        start = time.monotonic()
+        stop_at = start + max_seconds
+        next_check = start
+        slice_s = 0.02
+        while sent < flows:
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            if now >= next_check:
+                if _lab_gone(prefix, netns):
+                    break
+                next_check = now + 1.0
+            # Never ahead of the rate, never bursting to catch up by more than one slice.
+            due = min(flows, int((now - start) * rate) + 1, sent + int(rate * slice_s) + 1)
+            while sent < due:
+                sock = socks[sent // FLOOD_PORTS]
+                try:
+                    sock.sendto(payload, (addr, FLOOD_PORT_BASE + sent % FLOOD_PORTS))
+                except BlockingIOError:
+                    break  # the socket buffer is full: let it drain
+                except OSError:
+                    pass  # e.g. ICMP unreachable reported on the socket: the flow still counts
+                sent += 1
+            time.sleep(slice_s)
+        return sent
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_flood(prefix: str = DEFAULT_PREFIX, *, flows: int = FLOOD_FLOWS,
+                rate: float = FLOOD_RATE, max_seconds: float = 60.0, wait: bool = False) -> int:
+    """Start a flood wave in the running lab's client namespace (toward the fw); returns the
+    pid, or with `wait` blocks until the wave is over and returns 0."""
+    _require_root()
+    lab = current(prefix)
+    if lab is None:
+        raise LabError(f"lab {prefix} is not up (fwtop lab up --scenario conntrack-flood)")
+    args = ["flood-run", "--prefix", lab.prefix, "--target", lab.fw_client_ip,
+            "--supernet", lab.supernet, "--flows", str(flows), "--rate", f"{rate:g}",
+            "--max-seconds", f"{max_seconds:g}"]
+    pid = _spawn(lab.client_ns, args)
+    if not wait:
+        return pid
+    deadline = time.monotonic() + max_seconds + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _terminate([pid])
+    return 0
+
+
 def _probe_targets(specs: list[str], timeout: float) -> dict[str, str]:
     sel = selectors.DefaultSelector()
     results: dict[str, str] = {}
@@ -1156,6 +1273,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--udp", type=_port_list, default=(514, 53))
     s.add_argument("--no-icmp", action="store_true")
 
+    s = sub.add_parser("flood", help="send a bounded wave of UDP flows from the client to the fw "
+                                     "namespace: fills its conntrack table (no other traffic)")
+    s.add_argument("--prefix", default=DEFAULT_PREFIX)
+    s.add_argument("--flows", type=int, default=FLOOD_FLOWS,
+                   help=f"distinct flows (1-{FLOOD_MAX_FLOWS:,}; default {FLOOD_FLOWS:,})")
+    s.add_argument("--rate", type=float, default=FLOOD_RATE,
+                   help=f"datagrams per second (at most {FLOOD_MAX_RATE:g})")
+    s.add_argument("--max-seconds", type=float, default=60.0)
+    s.add_argument("--wait", action="store_true", help="return when the wave is over")
+
+    s = sub.add_parser("flood-run", help="(internal) the flood itself, in the client namespace")
+    s.add_argument("--prefix", required=True)
+    s.add_argument("--target", required=True)
+    s.add_argument("--supernet", default=DEFAULT_SUPERNET)
+    s.add_argument("--flows", type=int, default=FLOOD_FLOWS)
+    s.add_argument("--rate", type=float, default=FLOOD_RATE)
+    s.add_argument("--max-seconds", type=float, default=60.0)
+
     s = sub.add_parser("probe", help="probe tcp:HOST:PORT / udp:HOST:PORT from a lab namespace")
     s.add_argument("--timeout", type=float, default=1.0)
     s.add_argument("--json", action="store_true")
@@ -1208,6 +1343,14 @@ def main(argv: list[str] | None = None) -> int:
             traffic(args.prefix, args.target, supernet=args.supernet, rate=args.rate,
                     max_seconds=args.max_seconds, tcp=args.tcp, udp=args.udp,
                     icmp=not args.no_icmp, ready=_announce_ready)
+        elif args.cmd == "flood":
+            pid = start_flood(args.prefix, flows=args.flows, rate=args.rate,
+                              max_seconds=args.max_seconds, wait=args.wait)
+            print(f"flood of {args.flows:,} flows "
+                  + ("done" if args.wait else f"started (pid {pid})"))
+        elif args.cmd == "flood-run":
+            flood(args.prefix, args.target, supernet=args.supernet, flows=args.flows,
+                  rate=args.rate, max_seconds=args.max_seconds, ready=_announce_ready)
         elif args.cmd == "probe":
             _require_named_netns()
             results = _probe_targets(args.targets, args.timeout)

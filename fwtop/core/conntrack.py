@@ -90,6 +90,11 @@ class ConntrackStats:
     cpu: CpuStatTotals = field(default_factory=CpuStatTotals)
     timeouts: Mapping[str, int] = field(default_factory=dict)
     stats_available: bool = True  # False when /proc/net/stat/nf_conntrack could not be read
+    # Running totals of conntrack NEW / DESTROY events, when fwtop listens to them (opt-in);
+    # `events_lost` counts socket overruns (the rates are then lower bounds).
+    events_new: int | None = None
+    events_destroyed: int | None = None
+    events_lost: int = 0
 
     @property
     def fill(self) -> float | None:
@@ -144,10 +149,11 @@ class Growth:
 
     fill: float | None  # count / max, None when max is 0 (no limit)
     rate_per_s: float | None  # smoothed net growth in entries/s (negative: shrinking)
-    new_per_s: float | None  # smoothed new entries/s (the per-CPU `insert` counter)
+    new_per_s: float | None  # smoothed NEW events/s (None unless events are listened to)
     eta_full_s: float | None  # seconds until count reaches max at rate_per_s; None: not growing
     deltas: Mapping[str, int]  # per-CPU statistic increases since the previous reading
     alarms: tuple[Alarm, ...] = ()
+    destroy_per_s: float | None = None  # smoothed DESTROY events/s (same condition)
 
     @property
     def alarmed(self) -> bool:
@@ -162,7 +168,7 @@ class GrowthTracker:
     (note_event). Each stays raised for `hold_s` after it was last seen, so a one-tick spike is
     still on screen when a human looks."""
 
-    def __init__(self, tau_s: float = 10.0, alarm_fill: float = DEFAULT_ALARM_FILL,
+    def __init__(self, tau_s: float = 5.0, alarm_fill: float = DEFAULT_ALARM_FILL,
                  hold_s: float = 30.0, min_rate: float = 0.05) -> None:
         self.tau_s = max(tau_s, 1e-6)
         self.alarm_fill = alarm_fill
@@ -171,6 +177,7 @@ class GrowthTracker:
         self._prev: ConntrackStats | None = None
         self._rate: float | None = None
         self._new_rate: float | None = None
+        self._destroy_rate: float | None = None
         self._seen: dict[AlarmKind, Alarm] = {}
         self.table_full_lines = 0
 
@@ -204,9 +211,18 @@ class GrowthTracker:
             self._rate = growth if rate is None else rate + alpha * (growth - rate)
             if stats.stats_available and prev.stats_available:
                 deltas = stat_deltas(prev.cpu, stats.cpu)
-                new = deltas["insert"] / dt
-                self._new_rate = (new if self._new_rate is None
-                                  else self._new_rate + alpha * (new - self._new_rate))
+            # (The per-CPU `insert` counter only counts ctnetlink inserts on recent kernels,
+            # not connections: new/destroy rates need the events.)
+            if stats.events_new is not None and prev.events_new is not None:
+                new = max(0, stats.events_new - prev.events_new) / dt
+                self._new_rate = _ewma(self._new_rate, new, alpha)
+            else:
+                self._new_rate = None
+            if stats.events_destroyed is not None and prev.events_destroyed is not None:
+                gone = max(0, stats.events_destroyed - prev.events_destroyed) / dt
+                self._destroy_rate = _ewma(self._destroy_rate, gone, alpha)
+            else:
+                self._destroy_rate = None
         now = stats.ts
         fill = stats.fill
         if fill is not None and fill >= self.alarm_fill:
@@ -221,7 +237,11 @@ class GrowthTracker:
         alarms = tuple(a for a in self._seen.values() if now - a.since <= self.hold_s)
         return Growth(fill=fill, rate_per_s=self._rate, new_per_s=self._new_rate,
                       eta_full_s=eta_full(stats.count, stats.max, self._rate, self.min_rate),
-                      deltas=deltas, alarms=alarms)
+                      deltas=deltas, alarms=alarms, destroy_per_s=self._destroy_rate)
+
+
+def _ewma(prev: float | None, value: float, alpha: float) -> float:
+    return value if prev is None else prev + alpha * (value - prev)
 
 
 def eta_full(count: int, max_: int, rate_per_s: float | None,
@@ -568,12 +588,15 @@ class ConntrackView:
             "fill": None if g is None or g.fill is None else round(g.fill, 6),
             "rate_per_s": None if g is None or g.rate_per_s is None else round(g.rate_per_s, 3),
             "new_per_s": None if g is None or g.new_per_s is None else round(g.new_per_s, 3),
+            "destroy_per_s": (None if g is None or g.destroy_per_s is None
+                              else round(g.destroy_per_s, 3)),
             "eta_full_s": (None if g is None or g.eta_full_s is None
                            else round(g.eta_full_s, 1)),
             "buckets": s.buckets if s else None,
             "stats": s.cpu.to_json() if s and s.stats_available else None,
             "deltas": dict(g.deltas) if g else None,
             "alarms": [{"kind": a.kind, "message": a.message} for a in g.alarms] if g else [],
+            "events_lost": s.events_lost if s else 0,
         }
         if self.off_reason is not None:
             out["off_reason"] = self.off_reason

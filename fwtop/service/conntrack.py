@@ -5,6 +5,8 @@ slow one (a breakdown of a huge table) stretches the tick instead of piling up."
 
 from __future__ import annotations
 
+import dataclasses
+import select
 import threading
 import time
 from collections import deque
@@ -13,7 +15,7 @@ from collections.abc import Callable, Iterable
 from fwtop.core.conntrack import Breakdown, ConntrackView, GrowthTracker
 from fwtop.core.events import DropEvent
 from fwtop.firewall.netns import NetNamespace, enter
-from fwtop.sources.conntrack import ConntrackReader, ConntrackUnavailable
+from fwtop.sources.conntrack import ConntrackEvents, ConntrackReader, ConntrackUnavailable
 from fwtop.sources.kmsg import KmsgError, KmsgReader
 
 # A dump stops after this many entries (a sample: the kernel dumps in hash order) so that one
@@ -38,11 +40,15 @@ class ConntrackMonitor:
         reader_factory: Callable[[], ConntrackReader] = ConntrackReader,
         min_hint_entries: int = 1000,
         kmsg: bool = False,
+        events: bool = False,
     ) -> None:
         """With `kmsg`, the monitor reads kernel log records itself for conntrack's "table
         full" line (host-wide: the kernel prints it for every namespace, whatever
         nf_log_all_netns says); otherwise hand it the drop stream's events through
-        note_drop_events. Not both: each line would count twice."""
+        note_drop_events. Not both: each line would count twice.
+
+        With `events`, the monitor listens to the namespace's conntrack NEW/DESTROY events for
+        new/destroy rates (opt-in: the kernel then builds a message per connection)."""
         self._on_view = on_view
         self._on_error = on_error
         self._netns = netns
@@ -53,6 +59,7 @@ class ConntrackMonitor:
         self.tracker = tracker if tracker is not None else GrowthTracker()
         self._reader_factory = reader_factory
         self._kmsg_wanted = kmsg
+        self._events_wanted = events
         self._history: deque[int] = deque(maxlen=max(1, history))
         self._lock = threading.Lock()
         self._events: list[DropEvent] = []
@@ -93,6 +100,7 @@ class ConntrackMonitor:
             self._on_error(f"conntrack: {exc}")
             return
         kmsg = self._open_kmsg() if self._kmsg_wanted else None
+        ct_events: ConntrackEvents | None = None
         reader: ConntrackReader | None = None
         timeouts: dict[str, int] = {}
         timeouts_at = -_TIMEOUTS_EVERY_S
@@ -111,9 +119,16 @@ class ConntrackMonitor:
                     if reader is None:
                         reader = self._reader_factory()
                         timeouts_at = -_TIMEOUTS_EVERY_S
+                        if self._events_wanted and ct_events is None:
+                            ct_events = self._open_events()
                     if started - timeouts_at >= _TIMEOUTS_EVERY_S:
                         timeouts, timeouts_at = reader.read_timeouts(), started
                     stats = reader.stats(timeouts)
+                    if ct_events is not None:
+                        new, destroyed = ct_events.read_counts()
+                        stats = dataclasses.replace(stats, events_new=new,
+                                                    events_destroyed=destroyed,
+                                                    events_lost=ct_events.overruns)
                 except ConntrackUnavailable as exc:
                     if reader is not None:
                         reader.close()
@@ -150,12 +165,21 @@ class ConntrackMonitor:
                     ts=stats.ts, wall=stats.wall, stats=stats, growth=growth,
                     breakdown=breakdown, breakdown_fresh=fresh, history=tuple(self._history),
                     breakdown_error=breakdown_error))
-                self._rest(started)
+                self._rest(started, ct_events)
         finally:
             if reader is not None:
                 reader.close()
             if kmsg is not None:
                 kmsg.close()
+            if ct_events is not None:
+                ct_events.close()
+
+    def _open_events(self) -> ConntrackEvents | None:
+        try:
+            return ConntrackEvents()
+        except ConntrackUnavailable as exc:
+            self._on_error(f"conntrack events: {exc}")
+            return None
 
     def _open_kmsg(self) -> KmsgReader | None:
         try:
@@ -183,9 +207,25 @@ class ConntrackMonitor:
         except Exception as exc:  # a consumer's bug must not end the watch
             self._on_error(f"conntrack view consumer: {type(exc).__name__}: {exc}")
 
-    def _rest(self, started: float) -> None:
+    def _rest(self, started: float, ct_events: ConntrackEvents | None = None) -> None:
         elapsed = time.monotonic() - started
         # A tick slower than the interval (a big dump) rests as long as it took: at most half
         # of one CPU, like the rules monitor.
-        self._wake.wait(max(self.interval - elapsed, elapsed))
+        pause = max(self.interval - elapsed, elapsed)
+        if ct_events is None:
+            self._wake.wait(pause)
+        else:
+            # Drain the events as they come: a flood fills any socket buffer within a second.
+            deadline = time.monotonic() + pause
+            while not self._wake.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready, _, _ = select.select([ct_events], [], [], min(left, 0.05))
+                if ready:
+                    try:
+                        ct_events.read_counts()
+                    except ConntrackUnavailable as exc:
+                        self._on_error(f"conntrack events: {exc}")
+                        break
         self._wake.clear()

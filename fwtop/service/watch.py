@@ -44,10 +44,11 @@ def _conntrack_lines(view: ConntrackView) -> str:
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
           duration: float | None, stats_interval: float = 1.0,
           conntrack_interval: float | None = 1.0,
-          conntrack_breakdown: float | None = None) -> int:
+          conntrack_breakdown: float | None = None, conntrack_events: bool = False) -> int:
     """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code.
     `conntrack_interval` None turns the conntrack lines off; `conntrack_breakdown` (seconds)
-    adds a breakdown line that often."""
+    adds a breakdown line that often; `conntrack_events` listens to NEW/DESTROY events for
+    new_per_s / destroy_per_s."""
     # NFLOG groups the ruleset uses plus any asked for, LOG lines narrowed to the namespace's
     # interfaces: both worked out by the reader thread inside the namespace.
     cfg = DropSources(groups=None, extra_groups=extra_groups, netns=netns)
@@ -113,7 +114,8 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
         # while the drop stream reads LOG lines only where they are logged.
         conntrack = ConntrackMonitor(on_view, on_conntrack_error, netns=netns,
                                      interval=conntrack_interval,
-                                     breakdown_every=conntrack_breakdown, kmsg=True)
+                                     breakdown_every=conntrack_breakdown, kmsg=True,
+                                     events=conntrack_events)
     stream = DropStream(cfg, on_batch, on_error)
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     stream.start()

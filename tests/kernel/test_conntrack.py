@@ -278,3 +278,64 @@ def test_watch_json_conntrack_lines(filled: Any) -> None:
     assert any(a["kind"] == "table_full" for x in ct for a in x["alarms"])
     breakdowns = [x for x in lines if x["type"] == "conntrack_breakdown"]
     assert breakdowns and breakdowns[0]["top_sources"][0] == [TOP_SOURCE, TOP_SOURCE_ENTRIES]
+
+
+def test_monitor_counts_new_and_destroy_events(namespaces: Namespaces) -> None:
+    ns = namespaces.new("ct")
+    views = Views()
+    mon = ConntrackMonitor(views.on_view, views.on_error, netns=resolve(ns), interval=0.2,
+                           breakdown_every=None, events=True)
+    mon.start()
+    try:
+        views.wait(lambda v: v.stats is not None and v.stats.events_new == 0)
+        load(ns, "".join(f"-I -s 10.72.0.1 -d 10.73.0.1 -p udp --sport {1000 + i} --dport 53 "
+                         "--timeout 600\n" for i in range(500)))
+        views.wait(lambda v: v.stats is not None and v.stats.events_new == 500)
+        ns_run(ns, "conntrack", "-F")
+        gone = views.wait(lambda v: v.stats is not None and v.stats.events_destroyed == 500
+                          and v.stats.count == 0)
+        assert gone.stats is not None and gone.stats.events_lost == 0
+        assert gone.growth is not None and gone.growth.new_per_s is not None
+    finally:
+        mon.stop()
+    assert not views.errors
+
+
+@needs("nft", "iptables-nft-restore")
+def test_lab_flood_fills_the_fw_table_with_client_flows() -> None:
+    from fwtop import lab
+
+    prefix = f"fwct{secrets.token_hex(2)}"
+    host_count = Path("/proc/sys/net/netfilter/nf_conntrack_count")
+    host_before = int(host_count.read_text())
+    info = lab.up(prefix, scenario="conntrack-flood", traffic=False, legacy=False)
+    try:
+        fw = resolve(info.fw_ns)
+        # The scenario's own wave (60,000 flows at 10,000/s) is bounded: it ends by itself.
+        deadline = time.monotonic() + 30
+        count = 0
+        while time.monotonic() < deadline:
+            count = run_in(fw, lambda: _read_stats().count)
+            if count >= lab.FLOOD_FLOWS:
+                break
+            time.sleep(0.5)
+        assert lab.FLOOD_FLOWS <= count <= lab.FLOOD_FLOWS + 200  # + the lab's own flows
+
+        def dump() -> Any:
+            with ConntrackReader() as reader:
+                return reader.breakdown()
+
+        b = run_in(fw, dump)
+        assert b.top_sources[0][0] == info.client_ip
+        assert b.top_sources[0][1] >= lab.FLOOD_FLOWS
+        assert b.hint is not None and b.hint.timeout_s == lab.FLOOD_UDP_TIMEOUT
+        assert all(p.startswith("udp/4") for p, _ in b.top_dports[:3])
+        # Nothing of it reached the host's own table.
+        assert int(host_count.read_text()) - host_before < lab.FLOOD_FLOWS // 10
+        # Another wave adds its flows, and is bounded in count.
+        lab.start_flood(prefix, flows=5_000, rate=20_000, max_seconds=10, wait=True)
+        after = run_in(fw, lambda: _read_stats().count)
+        assert count + 4_900 <= after <= count + 5_200
+    finally:
+        lab.down(prefix)
+    assert not lab.is_up(prefix)

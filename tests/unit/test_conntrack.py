@@ -39,9 +39,11 @@ TIMEOUTS = {"tcp_timeout_established": 432000, "tcp_timeout_time_wait": 120,
             "icmp_timeout": 30, "generic_timeout": 600}
 
 
-def stats(ts: float, count: int, max_: int = 10_000, **cpu: int) -> ConntrackStats:
+def stats(ts: float, count: int, max_: int = 10_000, new: int | None = None,
+          destroyed: int | None = None, **cpu: int) -> ConntrackStats:
     return ConntrackStats(ts=ts, wall=1e9 + ts, count=count, max=max_,
-                          cpu=CpuStatTotals(cpus=2, **cpu))
+                          cpu=CpuStatTotals(cpus=2, **cpu), events_new=new,
+                          events_destroyed=destroyed)
 
 
 def dump(name: str, limit: int | None = None, oldest: int = 10) -> BreakdownCounter:
@@ -116,12 +118,16 @@ def test_growth_rate_and_time_to_full_converge_on_a_steady_fill() -> None:
     assert first.fill == pytest.approx(0.1)
     g = first
     for t in range(1, 41):
-        g = tracker.update(stats(float(t), 1000 + 100 * t, insert=150 * t))
+        g = tracker.update(stats(float(t), 1000 + 100 * t, new=150 * t, destroyed=50 * t,
+                                 insert=3 * t))
     assert g.rate_per_s == pytest.approx(100.0)
     assert g.new_per_s == pytest.approx(150.0)
+    assert g.destroy_per_s == pytest.approx(50.0)
+    assert g.deltas["insert"] == 3
     assert g.eta_full_s == pytest.approx((10_000 - 5000) / 100.0)
-    assert g.deltas["insert"] == 150
     assert not g.alarms
+    # Without the events there are no new/destroy rates (the insert counter is not one).
+    assert tracker.update(stats(41.0, 5100, insert=500)).new_per_s is None
 
 
 def test_growth_is_smoothed_not_the_last_jump() -> None:
@@ -346,6 +352,7 @@ def test_view_json_has_the_published_fields() -> None:
     assert out["rate_per_s"] == pytest.approx(200.0)
     assert out["eta_full_s"] == pytest.approx(4.0)
     assert out["stats"]["insert"] == 300 and out["deltas"]["insert"] == 290
+    assert out["new_per_s"] is None and out["destroy_per_s"] is None
     assert [a["kind"] for a in out["alarms"]] == ["fill"]
     off = ConntrackView(ts=0.0, wall=0.0, stats=None, growth=None, off_reason="not loaded")
     assert off.to_json()["running"] is False and off.to_json()["off_reason"] == "not loaded"
