@@ -139,6 +139,9 @@ def gauge_tooltip(view: ConntrackView | None) -> str:
         lines.append(f"net growth: {g.rate_per_s:+.1f} entries/s (smoothed)")
     if g.new_per_s is not None:
         lines.append(f"new entries: {g.new_per_s:.1f}/s")
+    if g.destroy_per_s is not None:
+        lines.append(f"destroyed entries: {g.destroy_per_s:.1f}/s"
+                     + (f" (events lost: {s.events_lost} overruns)" if s.events_lost else ""))
     lines.append("time to full: " + ("not growing" if g.eta_full_s is None
                                      else human_duration(g.eta_full_s)))
     if s.stats_available:
