@@ -2,7 +2,8 @@
 (tests/fixtures/conntrack, re-recorded by record.py there): per-CPU statistics, growth and time
 to full, alarms, the breakdown of a real dump and its stale-entry hint; plus the reader and the
 monitor on a fake /proc (the module "not loaded" case), and hostile bytes that must never
-raise."""
+raise. The real-kernel tests are tests/kernel/test_conntrack_kernel.py (a distinct basename:
+the test folders are not packages)."""
 
 from __future__ import annotations
 
