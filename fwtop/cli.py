@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from fwtop.core.evaluator import Packet
 from fwtop.firewall import FirewallError, load_ruleset, require_root
 from fwtop.firewall.libnft import NftError
 from fwtop.firewall.netns import NetnsError, enter, resolve
@@ -73,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["new", "established", "related", "invalid", "untracked"],
                            help="conntrack state of the packet (default new)")
     p_explain.add_argument("--json", action="store_true", help="JSON output")
+    p_trace = sub.add_parser(
+        "trace", help="trace real packets of a flow with nftrace: the kernel's own answer",
+        description="Mark packets of one flow with nftrace (in a temporary table the kernel "
+                    "removes when fwtop exits) and show every nf_tables rule they met, beside "
+                    "fwtop's evaluation. Exit status 3 if they disagree, 4 if no packet came.")
+    _add_netns(p_trace)
+    p_trace.add_argument("--proto", required=True, help="tcp, udp, icmp, icmpv6")
+    p_trace.add_argument("--src", required=True, help="source address")
+    p_trace.add_argument("--dst", required=True, help="destination address")
+    p_trace.add_argument("--sport", type=int, help="source port (default: any)")
+    p_trace.add_argument("--dport", type=int, help="destination port")
+    p_trace.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                         help="how long to wait for packets (default 10)")
+    p_trace.add_argument("--count", type=int, default=1, help="packets to trace (default 1)")
+    p_trace.add_argument("--json", action="store_true", help="JSON output")
     p_watch = sub.add_parser("watch", help="headless event stream as JSON lines")
     _add_netns(p_watch)
     p_watch.add_argument("--json", action="store_true", required=True,
@@ -134,11 +150,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _packet(args: argparse.Namespace, command: str) -> Packet:
+    """The packet of `explain` / `trace` from their flags, validated (one-line errors)."""
     import ipaddress
 
     from fwtop.core.evaluator import Packet
-    from fwtop.service.explain import explain_in_namespace
 
     for name in ("src", "dst"):
         try:
@@ -154,14 +170,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     proto = args.proto.lower()
     if proto in ("icmp6", "ipv6-icmp"):
         proto = "icmpv6"
-    if proto in ("tcp", "udp") and args.dport is None:
+    if command == "explain" and proto in ("tcp", "udp") and args.dport is None:
         print("fwtop explain: note: no --dport given; rules that match on ports make the "
               "answer uncertain", file=sys.stderr)
+    return Packet(proto=proto, src=args.src, dst=args.dst, sport=args.sport, dport=args.dport,
+                  icmp_type=getattr(args, "icmp_type", None),
+                  icmp_code=getattr(args, "icmp_code", None), iif=getattr(args, "iif", None),
+                  oif=getattr(args, "oif", None), hook=getattr(args, "hook", None),
+                  ct_state=getattr(args, "ct_state", "new"))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from fwtop.service.explain import explain_in_namespace
+
+    pkt = _packet(args, "explain")
     require_root()
     _enter_netns(args.netns)
-    pkt = Packet(proto=proto, src=args.src, dst=args.dst, sport=args.sport, dport=args.dport,
-                 icmp_type=args.icmp_type, icmp_code=args.icmp_code, iif=args.iif,
-                 oif=args.oif, hook=args.hook, ct_state=args.ct_state)
     result = explain_in_namespace(pkt)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=1)
@@ -169,6 +193,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(result.text())
     return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from fwtop.service.trace import trace_flow
+    from fwtop.sources.nftrace import TraceError
+
+    pkt = _packet(args, "trace")
+    if args.timeout <= 0 or args.count < 1:
+        raise CliError("--timeout must be positive and --count at least 1")
+    require_root()
+    _enter_netns(args.netns)
+    if not args.json:
+        print(f"fwtop trace: waiting up to {args.timeout:.0f} s for {args.count} packet(s) of "
+              "this flow (traced by the kernel, rate-limited)…", file=sys.stderr)
+    try:
+        report = trace_flow(pkt, timeout=args.timeout, count=args.count)
+    except TraceError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(report.text())
+    if any(t.agree is False for t in report.traced):
+        return 3  # the evaluator disagreed with the kernel
+    return 0 if report.traced else 4
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -237,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, "explain": cmd_explain,
+                "trace": cmd_trace,
                 None: cmd_tui}
     try:
         return handlers[args.command](args)

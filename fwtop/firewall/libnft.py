@@ -100,3 +100,53 @@ class Nft:
             first = next((ln for ln in res.error.splitlines() if ln.strip()), "unknown error")
             raise NftError(f"nft {command!r} failed: {first}")
         return res.output
+
+
+class NftSession:
+    """One libnftables context kept open: its netlink socket lives as long as the session, so a
+    table created with `flags owner` through it is removed by the kernel when the session is
+    closed or the process dies (however it dies). Create it on the thread that is inside the
+    target namespace: the socket belongs to the namespace it was opened in."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            raise NftError("this needs libnftables.so.1 (Debian: apt install libnftables1)") \
+                from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._lib = lib
+        self._ctx: int | None = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise NftError("libnftables: cannot create a context")
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+
+    def run(self, command: str) -> None:
+        if self._ctx is None:
+            raise NftError("the nft session is closed")
+        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, command.encode())
+        if rc != 0:
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            first = next((ln for ln in err.splitlines() if ln.strip()), "unknown error")
+            raise NftError(f"nft: {first}")
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> NftSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
