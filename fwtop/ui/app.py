@@ -23,6 +23,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Attribution, Correlator, packet_of
 from fwtop.core.droplog import DropLog
 from fwtop.core.evaluator import NetContext
@@ -30,6 +31,12 @@ from fwtop.core.events import DropEvent, SourceStats
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
 from fwtop.service.rules import RulesView
+from fwtop.ui.conntrack import (
+    ConntrackBreakdownRequested,
+    ConntrackGauge,
+    ConntrackScreen,
+    ConntrackUpdated,
+)
 from fwtop.ui.render import (
     Cell,
     HeaderState,
@@ -74,6 +81,17 @@ class DropsHandle(Protocol):
 # drops_factory(on_batch, on_error) -> DropsHandle; callbacks from any thread.
 DropsFactory = Callable[[Callable[[DropBatch], None], Callable[[str], None]], DropsHandle]
 
+class ConntrackHandle(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def request_breakdown(self) -> None: ...
+    def note_drop_events(self, events: Iterable[DropEvent]) -> None: ...
+
+
+# conntrack_factory(on_view, on_error) -> ConntrackHandle; callbacks from any thread.
+ConntrackFactory = Callable[[Callable[[ConntrackView], None], Callable[[str], None]],
+                            ConntrackHandle]
+
 # Drops received but not yet rendered, at most: beyond it the UI sheds (and counts) the oldest
 # undisplayed events, so memory stays bounded when the screen cannot keep up.
 MAX_PENDING_DROPS = 20_000
@@ -100,6 +118,16 @@ def default_monitor_factory(netns: NetNamespace | None, interval: float) -> Moni
         from fwtop.service.monitor import Monitor
 
         return Monitor(on_rules, on_error, netns=netns, interval=interval)
+
+    return factory
+
+
+def default_conntrack_factory(netns: NetNamespace | None) -> ConntrackFactory:
+    def factory(on_view: Callable[[ConntrackView], None],
+                on_error: Callable[[str], None]) -> ConntrackHandle:
+        from fwtop.service.conntrack import ConntrackMonitor
+
+        return ConntrackMonitor(on_view=on_view, on_error=on_error, netns=netns, interval=1.0)
 
     return factory
 
@@ -133,6 +161,8 @@ class FwtopApp(App[None]):
         Binding("tab", "focus_next", "Next pane", show=False),
         Binding("1", "focus_pane('drops')", "Drops", id="pane-drops", show=False),
         Binding("2", "focus_pane('rules')", "Rules", id="pane-rules", show=False),
+        Binding("c", "conntrack", "Conntrack", id="conntrack",
+                tooltip="Conntrack table: how full, how fast, who fills it"),
         Binding("e", "explain_drop", "Explain", id="explain",
                 tooltip="Why the selected drop was dropped: its rule, path and reasons"),
         Binding("question_mark", "help", "Help", id="help", key_display="?",
@@ -144,8 +174,11 @@ class FwtopApp(App[None]):
                  lab: bool = False, host: str | None = None,
                  drops_factory: DropsFactory | None = None,
                  net_factory: Callable[[], NetContext] | None = None,
-                 netns: NetNamespace | None = None) -> None:
+                 netns: NetNamespace | None = None,
+                 conntrack_factory: ConntrackFactory | None = None) -> None:
         super().__init__()
+        self._conntrack_factory = conntrack_factory
+        self._ct: ConntrackHandle | None = None
         self._netns = netns
         self._net_factory = net_factory
         self._net: NetContext | None = None
@@ -184,7 +217,9 @@ class FwtopApp(App[None]):
     # --- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield FwtopHeader(self._header, id="header")
+        with Horizontal(id="header-row"):
+            yield FwtopHeader(self._header, id="header")
+            yield ConntrackGauge(id="ct-gauge")
         # The Packets pane (a later issue) joins these two in this row.
         with Horizontal(id="panes"):
             with Vertical(id="drops-pane"):
@@ -233,6 +268,14 @@ class FwtopApp(App[None]):
                 self._on_error(f"drop readers did not start: {type(exc).__name__}: {exc}")
         else:
             self._q("#drops-pane").display = False
+        if self._conntrack_factory is not None:
+            self._ct = self._conntrack_factory(
+                lambda view: self._post(ConntrackUpdated(view)), self._on_error)
+            try:
+                self._ct.start()
+            except Exception as exc:
+                self._ct = None
+                self._on_error(f"conntrack watch did not start: {type(exc).__name__}: {exc}")
         self._q(StatusLine).show(status_segments([], [], "waiting for the first poll…"))
         self.table.focus()
         self._monitor = self._monitor_factory(self._on_rules, self._on_error)
@@ -244,6 +287,9 @@ class FwtopApp(App[None]):
     async def on_unmount(self) -> None:
         monitor, self._monitor = self._monitor, None
         drops, self._drops = self._drops, None
+        ct, self._ct = self._ct, None
+        if ct is not None:
+            await asyncio.to_thread(ct.stop)
         # The threads may be mid-poll or mid-read: join them off the UI thread.
         if monitor is not None:
             await asyncio.to_thread(monitor.stop)
@@ -270,10 +316,13 @@ class FwtopApp(App[None]):
                 del pending[:over]
             self.drops_shed += batch.overflow + max(0, over)
             self.drop_stats = batch.stats
-            if self._drops_posted:
-                return
+            ct = self._ct
+            posted = self._drops_posted
             self._drops_posted = True
-        self._post(DropsReady())
+        if ct is not None and batch.events:
+            ct.note_drop_events(batch.events)  # "table full" kernel lines raise its alarm
+        if not posted:
+            self._post(DropsReady())
 
     def _on_error(self, error: str) -> None:
         self._post(MonitorFailed(error))
@@ -352,6 +401,27 @@ class FwtopApp(App[None]):
                                (sure, "dim"), ("  enter: explain", "dim")]))
         if a.key is not None and self.drops_table.has_focus:
             self.table.select_key(a.key)
+
+    # --- conntrack ---------------------------------------------------------------------------
+
+    def on_conntrack_updated(self, message: ConntrackUpdated) -> None:
+        try:
+            self._q(ConntrackGauge).update_view(message.view)
+        except NoMatches:
+            return
+        if isinstance(self.screen, ConntrackScreen):
+            self.screen.update_view(message.view)
+
+    def action_conntrack(self) -> None:
+        if isinstance(self.screen, ConntrackScreen):
+            return
+        self.push_screen(ConntrackScreen(self._q(ConntrackGauge).view))
+        if self._ct is not None:
+            self._ct.request_breakdown()  # fresh tables now, not in up to 10 s
+
+    def on_conntrack_breakdown_requested(self, _: ConntrackBreakdownRequested) -> None:
+        if self._ct is not None:
+            self._ct.request_breakdown()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "drops":
@@ -597,10 +667,13 @@ def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: boo
     if drops_factory is None and real_drops:
         drops_factory = default_drops_factory(netns, nflog_groups)
     net_factory = None
-    if monitor_factory is None:  # the real namespace: read its routes for the evaluator
+    conntrack_factory = None
+    if monitor_factory is None:  # the real namespace: its routes, its conntrack table
         net_factory = default_net_factory(netns)
+        conntrack_factory = default_conntrack_factory(netns)
     return FwtopApp(factory, netns_name=netns.name if netns is not None else "host", lab=lab,
-                    drops_factory=drops_factory, net_factory=net_factory, netns=netns)
+                    drops_factory=drops_factory, net_factory=net_factory, netns=netns,
+                    conntrack_factory=conntrack_factory)
 
 
 def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:

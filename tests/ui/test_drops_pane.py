@@ -228,7 +228,7 @@ async def test_each_drop_names_its_rule_and_enter_explains_it() -> None:
         made[0].send([drop(1, dport=5432), drop(2, dport=8080, prefix=None)])
         await settle(pilot, lambda: app.drops_table.row_count == 2)
         # Newest first: the 8080 drop (no log prefix), then 5432 (logged by #4, policy).
-        assert column(app, "rule") == ["INPUT #2", "INPUT policy"]
+        await settle(pilot, lambda: column(app, "rule") == ["INPUT #2", "INPUT policy"])
         def detail() -> str:
             return str(app.query_one("#drop-detail").render())
 
@@ -255,4 +255,4 @@ async def test_a_prefix_no_rule_on_the_path_logs_makes_it_uncertain() -> None:
         await settle(pilot, lambda: app.shown is not None)
         made[0].send([drop(1, dport=8080, prefix="someone-else")])
         await settle(pilot, lambda: app.drops_table.row_count == 1)
-        assert column(app, "rule") == ["INPUT #2?"]
+        await settle(pilot, lambda: column(app, "rule") == ["INPUT #2?"])
