@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fwtop.core.evaluator import Evaluator, NetContext, Packet, Verdict
 from fwtop.core.events import DropEvent
-from fwtop.core.model import PortMatch, Rule, Ruleset
+from fwtop.core.model import Policy, PortMatch, Rule, Ruleset
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,23 @@ class Attribution:
     how: str  # evaluated, log-rule, none
     certain: bool
     summary: str  # one line in plain words
+    rule: Rule | None = None
+    policy: Policy | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The fields `fwtop watch` adds to a drop line."""
+        rule = policy = None
+        if self.rule is not None:
+            r = self.rule
+            rule = {"backend": r.backend, "family": r.family, "table": r.table,
+                    "chain": r.chain, "handle": r.handle, "position": r.position,
+                    "comment": r.comment, "text": r.text}
+        if self.policy is not None:
+            p = self.policy
+            policy = {"backend": p.backend, "family": p.family, "table": p.table,
+                      "chain": p.chain, "verdict": p.verdict}
+        return {"rule": rule, "policy": policy, "attributed": self.how,
+                "certain": self.certain, "why": self.summary}
 
 
 def packet_of(event: DropEvent) -> Packet | None:
@@ -103,7 +120,9 @@ def attribute(ev: Evaluator, event: DropEvent, net: NetContext | None = None) ->
         summary = "cannot tell" + note
     if not certain and label != "?":
         label += "?"
-    return Attribution(v.verdict, key, label, how, certain, summary)
+    decided = v.verdict in ("drop", "reject")
+    return Attribution(v.verdict, key, label, how, certain, summary,
+                       v.rule if decided else None, v.policy if decided else None)
 
 
 class Correlator:

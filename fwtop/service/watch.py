@@ -19,7 +19,9 @@ import time
 from typing import TextIO
 
 from fwtop.core.conntrack import ConntrackView
-from fwtop.core.events import SourceStats
+from fwtop.core.correlate import Correlator
+from fwtop.core.evaluator import NetContext
+from fwtop.core.events import DropEvent, SourceStats
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.conntrack import ConntrackMonitor
 from fwtop.service.drops import DropBatch, DropSources, DropStream
@@ -39,6 +41,41 @@ def _conntrack_lines(view: ConntrackView) -> str:
     if view.breakdown_fresh and view.breakdown is not None:
         text += json.dumps(view.breakdown.to_json()) + "\n"
     return text
+
+
+class Attributor:
+    """Attribution of drop events for headless use: the ruleset and routes of the calling
+    thread's namespace, re-read every `every` seconds (less often when reading is slow)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.correlator = Correlator()
+        self._every = every
+        self._next = float("-inf")
+        self._net: NetContext | None = None
+        self.error: str | None = None
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        from fwtop.firewall import load_ruleset
+        from fwtop.firewall.routing import net_context
+
+        try:
+            self.correlator.use(load_ruleset())
+            self._net = net_context()
+            self.error = None
+        except Exception as exc:  # attribution is extra: the drop lines go on without it
+            self.error = f"cannot read the ruleset for attribution: {exc}"
+        took = time.monotonic() - now
+        self._next = time.monotonic() + max(self._every, 20 * took)
+
+    def attribution_json(self, event: DropEvent) -> dict[str, object]:
+        a = self.correlator.attribute(event, self._net)
+        if a is None:
+            return {"rule": None, "policy": None, "attributed": "none", "certain": False,
+                    "why": self.error or "no ruleset"}
+        return a.to_json()
 
 
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
@@ -70,8 +107,17 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
         except BrokenPipeError:
             done.set()
 
+    attributor = Attributor()
+
     def on_batch(batch: DropBatch) -> None:
-        lines = [json.dumps(e.to_json()) for e in batch.events]
+        # On the drop stream's thread, inside the namespace: the ruleset read here is the
+        # namespace's own.
+        attributor.refresh()
+        lines = []
+        for e in batch.events:
+            data = e.to_json()
+            data.update(attributor.attribution_json(e))
+            lines.append(json.dumps(data))
         latest[0] = batch.stats
         now = time.monotonic()
         if now - last_stats[0] >= stats_interval:

@@ -132,6 +132,11 @@ def test_nflog_drops_in_watch_match_the_kernel_counter(
     check_drops(drops, src=src, dst=dst, first=20000, prefix="fwtop-watch", iif=iif,
                 hook="input")
     assert all(d["group"] == 23 for d in drops)
+    # Each drop names its rule: the DROP after the NFLOG rule, confirmed by the NFLOG rule.
+    for d in drops:
+        assert (d["rule"]["chain"], d["rule"]["position"], d["rule"]["text"]) == (
+            "INPUT", 2, "-p udp -m udp --dport 5555 -j DROP"), d
+        assert (d["attributed"], d["certain"], d["policy"]) == ("log-rule", True, None)
     final = next(s for s in lines[-1]["sources"] if s["source"] == "nflog")
     assert lines[-1]["type"] == "stats"
     assert (final["received"], final["lost"]) == (COUNT, 0)
