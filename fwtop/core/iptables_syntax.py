@@ -6,6 +6,7 @@ from python-iptables into the same syntax), so both backends share one set of pr
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -194,9 +195,8 @@ def parse_rule_args(
 
 def parse_save_line(line: str, user_chains: frozenset[str] = frozenset()) -> SaveRule | None:
     """Parse `[p:b] -A CHAIN args...` (counters optional). None if it is not a rule line."""
-    try:
-        tokens = shlex.split(line)
-    except ValueError:
+    tokens = _split(line)
+    if tokens is None:
         return None
     counters = None
     if tokens and tokens[0].startswith("["):
@@ -212,6 +212,36 @@ def parse_save_line(line: str, user_chains: frozenset[str] = frozenset()) -> Sav
     return SaveRule(chain, text, verdict, target, matches, comment, counters)
 
 
+# iptables-save quotes only with double quotes and escapes only inside them; a line with no
+# quote or backslash at all splits on blanks exactly as shlex would, a line with plain "..."
+# strings (comments, log prefixes) is split by this pattern, anything else goes to shlex.
+_PLAIN_TOKEN = re.compile(r'"([^"\\]*)"|(\S+)')
+
+
+def _split(line: str) -> list[str] | None:
+    if "\\" not in line and "'" not in line:
+        if '"' not in line:
+            return line.split()
+        tokens: list[str] = []
+        end = 0
+        for m in _PLAIN_TOKEN.finditer(line):
+            between = line[end:m.start()]
+            quoted = m.group(1) is not None
+            if between.strip() or (not quoted and '"' in m.group(2)) or (quoted and (
+                    (m.start() > 0 and not line[m.start() - 1].isspace())
+                    or (m.end() < len(line) and not line[m.end()].isspace()))):
+                break  # quotes glued to other text: let shlex decide
+            tokens.append(m.group(1) if m.group(1) is not None else m.group(2))
+            end = m.end()
+        else:
+            if not line[end:].strip():
+                return tokens
+    try:
+        return shlex.split(line)
+    except ValueError:
+        return None
+
+
 def parse_save(output: str) -> list[SaveTable]:
     """Parse whole `iptables-save -c` output into tables; unknown lines are skipped."""
     tables: list[SaveTable] = []
@@ -219,21 +249,28 @@ def parse_save(output: str) -> list[SaveTable]:
     policies: dict[str, tuple[str, Counters | None]] = {}
     chains: list[str] = []
     rules: list[SaveRule] = []
+    user_chains: frozenset[str] | None = None  # recomputed only after a chain line
     for raw in output.splitlines():
         line = raw.strip()
         if line.startswith("*"):
             name, policies, chains, rules = line[1:], {}, [], []
+            user_chains = None
         elif line.startswith(":") and name is not None:
             parts = line[1:].split()
             if len(parts) >= 2:
                 chains.append(parts[0])
                 policies[parts[0]] = (parts[1], _counters(parts[2]) if len(parts) > 2 else None)
+                user_chains = None
         elif line == "COMMIT" and name is not None:
             tables.append(SaveTable(name, policies, tuple(chains), tuple(rules)))
             name = None
         elif name is not None and ("-A " in line):
-            builtin = {c for c, (pol, _) in policies.items() if pol != "-"}
-            rule = parse_save_line(line, frozenset(chains) - builtin)
+            if user_chains is None:
+                # Per table, not per rule: kube-proxy makes a chain per service and endpoint,
+                # and recomputing this per line made a 50k-rule load quadratic (152 s).
+                builtin = {c for c, (pol, _) in policies.items() if pol != "-"}
+                user_chains = frozenset(chains) - builtin
+            rule = parse_save_line(line, user_chains)
             if rule is not None:
                 rules.append(rule)
     return tables

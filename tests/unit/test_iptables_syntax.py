@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from hypothesis import given
+import shlex
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwtop.core.iptables_syntax import parse_rule_args, parse_save, parse_save_line
+from fwtop.core.iptables_syntax import _split, parse_rule_args, parse_save, parse_save_line
 from fwtop.core.model import (
     AddrMatch,
     Counters,
@@ -93,3 +95,21 @@ def test_parse_save_line_never_raises(line: str) -> None:
                 max_size=20))
 def test_parse_rule_args_never_raises(tokens: list[str]) -> None:
     parse_rule_args(tokens)
+
+
+# --- the fast tokenizer must split exactly like shlex ----------------------------------------
+
+_PIECES = st.sampled_from(['-A', 'INPUT', '-m', 'comment', '--comment', '"allow app"', '"a"b',
+                           'x"y', '""', '"with \\" quote"', "'single'", '\\', '"', '-j', 'ACCEPT',
+                           '[1:2]', '"a  b"', '"tab\tin"', 'ü', '"ns/svc:port cluster IP"'])
+
+
+@settings(max_examples=500)
+@given(st.lists(_PIECES, max_size=12), st.sampled_from([" ", "  ", "\t"]))
+def test_fast_split_agrees_with_shlex(pieces: list[str], sep: str) -> None:
+    line = sep.join(pieces)
+    try:
+        expected: list[str] | None = shlex.split(line)
+    except ValueError:
+        expected = None
+    assert _split(line) == expected
