@@ -26,7 +26,7 @@ from textual.widgets import DataTable, Footer, Static
 from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Attribution, Correlator, packet_of
 from fwtop.core.droplog import DropLog
-from fwtop.core.evaluator import NetContext
+from fwtop.core.evaluator import NetContext, Packet
 from fwtop.core.events import DropEvent, SourceStats
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
@@ -163,6 +163,8 @@ class FwtopApp(App[None]):
         Binding("2", "focus_pane('rules')", "Rules", id="pane-rules", show=False),
         Binding("c", "conntrack", "Conntrack", id="conntrack",
                 tooltip="Conntrack table: how full, how fast, who fills it"),
+        Binding("t", "trace_drop", "Trace", id="trace",
+                tooltip="Trace the selected drop's flow with nftrace: the kernel's own answer"),
         Binding("e", "explain_drop", "Explain", id="explain",
                 tooltip="Why the selected drop was dropped: its rule, path and reasons"),
         Binding("question_mark", "help", "Help", id="help", key_display="?",
@@ -426,6 +428,39 @@ class FwtopApp(App[None]):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "drops":
             self._show_drop_detail()
+
+    def action_trace_drop(self) -> None:
+        e = self.drops_table.selected
+        ev = self.correlator.evaluator
+        if e is None or ev is None:
+            self.notify("Select a drop first (and wait for the first rules poll).", timeout=3)
+            return
+        pkt = packet_of(e)
+        if pkt is None:
+            self.notify("This drop does not carry the packet's addresses.", timeout=3)
+            return
+        screen = ExplainScreen(flow_text(e), verb="Kernel trace",
+                               initial="waiting up to 10 s for the next packet of this flow "
+                                       "(any source port), traced by the kernel…")
+        self.push_screen(screen)
+        netns, net = self._netns, self._net_context()
+        flow = Packet(pkt.proto, pkt.src, pkt.dst, None, pkt.dport, pkt.icmp_type,
+                      pkt.icmp_code)
+
+        def work() -> None:
+            from fwtop.firewall.netns import run_in
+            from fwtop.service.trace import trace_flow
+
+            def trace_here() -> str:
+                return trace_flow(flow, timeout=10.0, count=1, evaluator=ev, net=net).text()
+
+            try:
+                text = run_in(netns, trace_here) if netns is not None else trace_here()
+            except Exception as exc:
+                text = f"could not trace: {exc}"
+            self.call_from_thread(screen.show, text)
+
+        self.run_worker(work, thread=True, exclusive=True, group="trace")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "drops":

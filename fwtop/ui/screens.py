@@ -88,11 +88,14 @@ class HelpScreen(ModalScreen[None]):
 class ExplainScreen(ModalScreen[None]):
     """The full explanation of one drop: verdict, deciding rule, reasons, the path."""
 
-    BINDINGS = [Binding("escape,q,e,enter", "dismiss", "Close", id="explain-close")]
+    BINDINGS = [Binding("escape,q,e,t,enter", "dismiss", "Close", id="explain-close")]
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, verb: str = "Why", initial: str = "evaluating…") -> None:
         super().__init__()
         self._title = title
+        self._verb = verb
+        self._initial = initial
+        self.text = initial
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="explain-body"):
@@ -100,11 +103,12 @@ class ExplainScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         body = self.query_one("#explain-body")
-        body.border_title = f"Why: {self._title}"
+        body.border_title = f"{self._verb}: {self._title}"
         body.border_subtitle = "esc to close"
-        self.query_one("#explain-text", Static).update("evaluating…")
+        self.query_one("#explain-text", Static).update(self._initial)
 
     def show(self, text: str) -> None:
         from fwtop.ui.render import safe
 
+        self.text = text
         self.query_one("#explain-text", Static).update(safe(text).replace("\\x0a", "\n"))

@@ -234,7 +234,7 @@ def test_failed_up_cleans_up_what_it_created(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_bad_input_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(fwlab.LabError, match="valid scenarios: default, fixed"):
+    with pytest.raises(fwlab.LabError, match="valid scenarios: conntrack-flood, default, fixed"):
         fwlab.up(PREFIX, scenario="nope")
     with pytest.raises(fwlab.LabError, match="rate"):
         fwlab.up(PREFIX, rate=5000)

@@ -14,6 +14,7 @@ import pytest
 from fwtop.firewall.netns import resolve
 from fwtop.ui.app import build_app
 from fwtop.ui.render import human_count
+from fwtop.ui.screens import ExplainScreen
 from tests.conftest import Namespaces, needs, ns_run
 
 pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft")]
@@ -145,5 +146,17 @@ async def test_lab_drops_show_live_and_agree_with_the_kernel() -> None:
             assert before <= seen <= after
             assert all(s.lost == 0 for s in app.drop_stats if s.source == "nflog")
             assert app.drop_log.total >= seen
+
+            # Every lab drop names its rule, and `t` has the kernel confirm it (nftrace).
+            await until(lambda: all(app.drops_table.cell_text(i, "rule") not in ("", "…")
+                                    for i in range(app.drops_table.row_count)),
+                        "every drop to name its rule")
+            await pilot.press("1")
+            await pilot.press("t")
+            await until(lambda: isinstance(app.screen, ExplainScreen), "the trace screen")
+            screen = app.screen
+            assert isinstance(screen, ExplainScreen)
+            await until(lambda: "kernel:" in screen.text, "the kernel's trace", timeout=30)
+            assert "the evaluator agrees with the kernel" in screen.text, screen.text
     finally:
         lab.down(prefix)
