@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 ./install.sh --dev || exit 1
 
 status=0
-echo "== ruff";  .venv/bin/ruff check fwtop tests benchmarks || status=1
+echo "== ruff";  .venv/bin/ruff check fwtop tests benchmarks scripts || status=1
 echo "== mypy";  .venv/bin/mypy || status=1
 echo "== pytest"
 .venv/bin/python -m pytest -q -rs "$@"

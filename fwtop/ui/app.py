@@ -392,7 +392,10 @@ class FwtopApp(App[None]):
     def _show_drop_detail(self) -> None:
         """One line under the drops: the selected drop's rule and why; its rule is selected
         in the Rules pane."""
-        detail = self._q("#drop-detail", Static)
+        try:
+            detail = self._q("#drop-detail", Static)
+        except NoMatches:  # the app is shutting down
+            return
         e = self.drops_table.selected
         a = self.attribution(e) if e is not None else None
         if e is None or a is None:
@@ -412,7 +415,10 @@ class FwtopApp(App[None]):
         except NoMatches:
             return
         if isinstance(self.screen, ConntrackScreen):
-            self.screen.update_view(message.view)
+            try:
+                self.screen.update_view(message.view)
+            except NoMatches:  # pushed but not composed yet: it gets the next view
+                pass
 
     def action_conntrack(self) -> None:
         if isinstance(self.screen, ConntrackScreen):
@@ -595,7 +601,10 @@ class FwtopApp(App[None]):
 
     def on_monitor_failed(self, message: MonitorFailed) -> None:
         self._error = message.error
-        self._show_status()
+        try:
+            self._show_status()
+        except NoMatches:  # the app is shutting down
+            pass
 
     # --- actions --------------------------------------------------------------------------
 
