@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from fwtop.core.model import (
     AddrMatch,
     Chain,
+    ConcatMatch,
     CtStateMatch,
     IcmpMatch,
     IfaceMatch,
@@ -36,8 +38,10 @@ from fwtop.core.model import (
     ProtoMatch,
     Rule,
     Ruleset,
+    TimeMatch,
     UnknownMatch,
 )
+from fwtop.core.nftjson import concat_values
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -283,6 +287,7 @@ class _Ctx:
     sets: dict[tuple[str, str, str], NamedSet]
     hook: str
     unknown_why: list[str] = field(default_factory=list)
+    now: float = 0.0
 
 
 def _match(m: Match, rule: Rule, ctx: _Ctx) -> Tri:
@@ -359,12 +364,76 @@ def _match(m: Match, rule: Rule, ctx: _Ctx) -> Tri:
     if isinstance(m, CtStateMatch):
         hit = pkt.ct_state in m.states
         return hit != m.negate
+    if isinstance(m, ConcatMatch):
+        return _concat(m, rule, ctx)
+    if isinstance(m, TimeMatch):
+        hit = (m.start is None or ctx.now >= m.start) and (m.stop is None or ctx.now < m.stop)
+        return hit != m.negate
     if isinstance(m, UnknownMatch):
         ctx.unknown_why.append(
             f"`{_short(m.text)}` depends on state a single packet does not carry"
             if m.stateful else f"`{_short(m.text)}` is not modelled")
         return None
     return None  # pragma: no cover - every Match kind is handled above
+
+
+_PROTO_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "58": "icmpv6", "132": "sctp"}
+
+
+def _field_value(name: str, ctx: _Ctx) -> str | None:
+    pkt = ctx.pkt
+    if name == "src":
+        return str(ctx.src)
+    if name == "dst":
+        return str(ctx.dst)
+    if name == "proto":
+        return pkt.proto
+    if name in ("sport", "dport"):
+        port = pkt.sport if name == "sport" else pkt.dport
+        return None if port is None else str(port)
+    if name in ("iif", "oif"):
+        return pkt.iif if name == "iif" else pkt.oif
+    return None
+
+
+def _norm(name: str, value: str) -> str:
+    if name in ("src", "dst"):
+        try:
+            return str(_ip(value))
+        except ValueError:
+            return value
+    if name == "proto":
+        return _PROTO_NUMBERS.get(value, value)
+    return value
+
+
+def _concat(m: ConcatMatch, rule: Rule, ctx: _Ctx) -> Tri:
+    got = [_field_value(f, ctx) for f in m.fields]
+    if any(v is None for v in got):
+        missing = [f for f, v in zip(m.fields, got, strict=True) if v is None]
+        ctx.unknown_why.append(f"the packet's {', '.join(missing)} is not known")
+        return None
+    if m.set_name is not None:
+        s = ctx.sets.get((rule.family, rule.table, m.set_name))
+        if s is None:
+            ctx.unknown_why.append(f"set @{m.set_name} not found")
+            return None
+        elements = []
+        for text in s.elements:
+            try:
+                elem = concat_values(json.loads(text))
+            except ValueError:
+                elem = None
+            if elem is None or len(elem) != len(m.fields):
+                ctx.unknown_why.append(f"set @{m.set_name} has elements fwtop does not model")
+                return None
+            elements.append(elem)
+    else:
+        elements = list(m.values)
+    want = tuple(_norm(f, v) for f, v in zip(m.fields, got, strict=True))  # type: ignore[arg-type]
+    hit = any(tuple(_norm(f, v) for f, v in zip(m.fields, e, strict=True)) == want
+              for e in elements)
+    return hit != m.negate
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -464,8 +533,9 @@ class _ChainResult:
 class Evaluator:
     """Built once per ruleset (indexes chains, sets); `evaluate(packet, ctx)` per packet."""
 
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, clock: Callable[[], float] = time.time) -> None:
         self.ruleset = ruleset
+        self.clock = clock  # for `-m time` deadlines (fwtop's own temporary rules use them)
         self.chains: dict[tuple[str, str, str, str], Chain] = {}
         self.sets: dict[tuple[str, str, str], NamedSet] = {}
         self.base: dict[str, list[Chain]] = {}
@@ -484,7 +554,7 @@ class Evaluator:
         """Whether one rule matches `pkt` on `hook` (True, False, or None = cannot tell)."""
         try:
             ctx = _Ctx(pkt, _ip(pkt.src), _ip(pkt.dst),
-                       self.sets, hook)
+                       self.sets, hook, now=self.clock())
         except ValueError:
             return None
         return rule_matches(rule, ctx)
@@ -493,7 +563,7 @@ class Evaluator:
         """The rule's matches that are False for `pkt` (for "near miss" explanations)."""
         try:
             ctx = _Ctx(pkt, _ip(pkt.src), _ip(pkt.dst),
-                       self.sets, hook)
+                       self.sets, hook, now=self.clock())
         except ValueError:
             return []
         return [m for m in rule.matches if _match(m, rule, ctx) is False]
@@ -509,7 +579,7 @@ class Evaluator:
         family = pkt.family
         try:
             ctx = _Ctx(pkt, _ip(pkt.src), _ip(pkt.dst),
-                       self.sets, "")
+                       self.sets, "", now=self.clock())
         except ValueError as exc:
             result.verdict, result.certain = "unknown", False
             result.reasons.append(f"bad address: {exc}")

@@ -6,6 +6,7 @@ from python-iptables into the same syntax), so both backends share one set of pr
 
 from __future__ import annotations
 
+import datetime
 import re
 import shlex
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from fwtop.core.model import (
     Match,
     PortMatch,
     ProtoMatch,
+    TimeMatch,
     UnknownMatch,
     Verdict,
 )
@@ -32,7 +34,7 @@ STATEFUL_MODULES = frozenset(
 # Modules whose options fwtop turns into predicates; anything else is kept as UnknownMatch.
 MODELLED_MODULES = frozenset(
     {"tcp", "udp", "sctp", "udplite", "multiport", "state", "conntrack", "icmp", "icmp6",
-     "icmpv6", "iprange", "comment"}
+     "icmpv6", "iprange", "comment", "time"}
 )
 BUILTIN_VERDICTS: dict[str, Verdict] = {
     "ACCEPT": "accept", "DROP": "drop", "REJECT": "reject", "RETURN": "return",
@@ -87,6 +89,17 @@ def _counters(token: str) -> Counters | None:
     if p.isdigit() and b.isdigit():
         return Counters(int(p), int(b))
     return None
+
+
+def _utc_seconds(text: str) -> float | None:
+    """`-m time` dates (iptables prints them as UTC without a zone): epoch seconds."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 def parse_rule_args(
@@ -171,6 +184,14 @@ def parse_rule_args(
             matches.append(AddrMatch(field_r, (value(),), None, negate))
         elif tok == "--comment":
             comment = value()
+        elif tok in ("--datestart", "--datestop") and module == "time":
+            when = _utc_seconds(value())
+            if when is None:
+                matches.append(UnknownMatch(f"-m time {tok} {tokens[i]}"))
+            elif tok == "--datestart":
+                matches.append(TimeMatch(start=when, negate=negate))
+            else:
+                matches.append(TimeMatch(stop=when, negate=negate))
         elif tok.startswith("-") and module is not None and module not in MODELLED_MODULES:
             opts = unknown_opts.setdefault(module, [])
             if negate:

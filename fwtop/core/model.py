@@ -88,6 +88,28 @@ class CtStateMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcatMatch:
+    """Several packet fields looked up together in a set (`ip saddr . th dport @allowed`).
+    `fields` name them: src, dst, proto, sport, dport, iif, oif. Either a named set or the
+    anonymous set's elements, each a tuple of values as text."""
+
+    fields: tuple[str, ...]
+    set_name: str | None = None
+    values: tuple[tuple[str, ...], ...] = ()
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimeMatch:
+    """iptables `-m time` limited to what a clock can decide: `--datestart` / `--datestop`
+    (UTC, seconds since the epoch). Other time options stay UnknownMatch."""
+
+    start: float | None = None
+    stop: float | None = None
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownMatch:
     """A match fwtop does not model. `stateful` marks matches whose outcome depends on history
     (limit, recent, hashlimit, connmark, quota) rather than on the packet."""
@@ -97,7 +119,8 @@ class UnknownMatch:
 
 
 Match = (
-    ProtoMatch | AddrMatch | PortMatch | IfaceMatch | IcmpMatch | CtStateMatch | UnknownMatch
+    ProtoMatch | AddrMatch | PortMatch | IfaceMatch | IcmpMatch | CtStateMatch | ConcatMatch
+    | TimeMatch | UnknownMatch
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from fwtop.core.model import (
     AddrMatch,
+    ConcatMatch,
     Counters,
     CtStateMatch,
     IcmpMatch,
@@ -87,6 +88,9 @@ def match_from_json(m: dict[str, Any]) -> Match:
     if op not in ("==", "!=", "in"):
         return UnknownMatch(_compact({"match": m}))
     values, set_name = _values(right)
+    if isinstance(left, dict) and "concat" in left:
+        return _concat_match(left["concat"], values, set_name, negate) or \
+            UnknownMatch(_compact({"match": m}))
     if isinstance(left, dict) and "payload" in left:
         pl = left["payload"]
         proto, fld = pl.get("protocol"), pl.get("field")
@@ -122,6 +126,59 @@ def match_from_json(m: dict[str, Any]) -> Match:
             states.extend(v if isinstance(v, list) else [v])
         return CtStateMatch(tuple(str(s) for s in states), negate)
     return UnknownMatch(_compact({"match": m}))
+
+
+_CONCAT_PAYLOAD = {("ip", "saddr"): "src", ("ip", "daddr"): "dst", ("ip6", "saddr"): "src",
+                   ("ip6", "daddr"): "dst"}
+_CONCAT_META = {"l4proto": "proto", "iifname": "iif", "oifname": "oif"}
+
+
+def _concat_field(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    if "payload" in item:
+        pl = item["payload"]
+        proto, fld = pl.get("protocol"), pl.get("field")
+        if (proto, fld) in _CONCAT_PAYLOAD:
+            return _CONCAT_PAYLOAD[(proto, fld)]
+        if proto in (*_L4_PROTOCOLS, "th") and fld in _PORT_FIELDS:
+            return str(fld)
+    if "meta" in item:
+        return _CONCAT_META.get(item["meta"].get("key"))
+    return None
+
+
+def concat_values(value: Any) -> tuple[str, ...] | None:
+    """One concatenated element (`{"concat": [...]}`, possibly wrapped in `{"elem": {"val"}}`)
+    as text values; None for ranges/prefixes inside it (not modelled)."""
+    if isinstance(value, dict) and "elem" in value:
+        value = value["elem"].get("val") if isinstance(value["elem"], dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("concat"), list):
+        return None
+    out = []
+    for v in value["concat"]:
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            return None
+        out.append(str(v))
+    return tuple(out)
+
+
+def _concat_match(left: Any, values: list[Any], set_name: str | None,
+                  negate: bool) -> ConcatMatch | None:
+    if not isinstance(left, list):
+        return None
+    fields = [_concat_field(item) for item in left]
+    if any(f is None for f in fields):
+        return None
+    elements: list[tuple[str, ...]] = []
+    if set_name is None:
+        for v in values:
+            elem = concat_values(v)
+            if elem is None or len(elem) != len(fields):
+                return None
+            elements.append(elem)
+    return ConcatMatch(tuple(f for f in fields if f is not None), set_name, tuple(elements),
+                       negate)
 
 
 def _proto_name(v: Any) -> str:

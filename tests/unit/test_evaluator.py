@@ -245,3 +245,28 @@ def test_destination_index_agrees_with_a_linear_scan(seed: int, dport: int, pick
     pkt = Packet("tcp", "10.0.0.9", dst, 1, dport, iif="eth0", hook="input")
     a, b = Evaluator(ruleset).evaluate(pkt, NET), _Linear(ruleset).evaluate(pkt, NET)
     assert (a.verdict, a.certain, a.rule) == (b.verdict, b.certain, b.rule)
+
+
+def test_time_match_deadline_and_concat_set_of_a_temporary_allow() -> None:
+    rules = ["-p tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -j ACCEPT"]
+    chain = ipt_chain("INPUT", rules, policy="drop", hook="input")
+    before = Evaluator(rs(ipt_table(chain)), clock=lambda: 1_800_000_000.0)  # 2027
+    after = Evaluator(rs(ipt_table(chain)), clock=lambda: 1_900_000_000.0)  # 2030-03
+    ssh = Packet("tcp", "10.0.0.9", "10.0.0.1", 1, 22, iif="eth0")
+    assert before.evaluate(ssh, NET).verdict == "accept"
+    v = after.evaluate(ssh, NET)
+    assert v.verdict == "drop" and v.certain
+
+    concat = {"match": {"op": "==", "left": {"concat": [
+        {"payload": {"protocol": "ip", "field": "saddr"}}, {"meta": {"key": "l4proto"}},
+        {"payload": {"protocol": "th", "field": "dport"}}]}, "right": "@allow"}}
+    elem = '{"elem":{"val":{"concat":["10.0.0.9","tcp",8080]},"timeout":300,"expires":290}}'
+    t = Table("nft", "inet", "t", (nft_chain("t", "input", [[concat, {"accept": None}]],
+                                             "input", policy="drop"),),
+              (NamedSet("inet", "t", "allow", "set:ipv4_addr . inet_proto . inet_service",
+                        (elem,), ("timeout",)),))
+    ev = Evaluator(rs(t))
+    assert ev.evaluate(Packet("tcp", "10.0.0.9", "10.0.0.1", 1, 8080, iif="eth0"),
+                       NET).verdict == "accept"
+    other = ev.evaluate(Packet("tcp", "10.0.0.8", "10.0.0.1", 1, 8080, iif="eth0"), NET)
+    assert other.verdict == "drop" and other.certain
