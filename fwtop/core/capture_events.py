@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Direction = Literal["in", "out"]
+T = TypeVar("T")
 FlowState = Literal["unanswered", "refused", "rejected", "established", "half-open",
                     "answered", "pmtu"]
 
@@ -155,7 +156,7 @@ class CaptureStats:
                 "capture_filter": self.capture_filter, "off_reason": self.off_reason}
 
 
-def fast_factory(cls: type[Any], args: tuple[str, ...]) -> Callable[..., Any]:
+def fast_factory(cls: type[T], args: tuple[str, ...]) -> Callable[..., T]:
     """A constructor for a frozen slotted dataclass that takes `args` positionally and gives
     every other field its default, setting slots through their descriptors.
 
@@ -164,10 +165,10 @@ def fast_factory(cls: type[Any], args: tuple[str, ...]) -> Callable[..., Any]:
     Generated from dataclasses.fields the way dataclasses generates __init__, so a new field
     gets its default; a class with __post_init__, without slots or with a required field not
     in `args` gets its real constructor (keyword-mapped)."""
-    fields = dataclasses.fields(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     names = [f.name for f in fields]
 
-    def slow(*values: Any) -> Any:
+    def slow(*values: Any) -> T:
         return cls(**dict(zip(args, values, strict=True)))
 
     if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__") or any(
@@ -187,5 +188,5 @@ def fast_factory(cls: type[Any], args: tuple[str, ...]) -> Callable[..., Any]:
         lines.append(f" _set_{f.name}(ev, {value})")
     lines.append(" return ev")
     exec("\n".join(lines), env)  # names come from the dataclass, never from input
-    make: Callable[..., Any] = env["make"]
+    make: Callable[..., T] = env["make"]
     return make
