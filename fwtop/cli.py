@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from fwtop.core.evaluator import Packet
@@ -74,6 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["new", "established", "related", "invalid", "untracked"],
                            help="conntrack state of the packet (default new)")
     p_explain.add_argument("--json", action="store_true", help="JSON output")
+    p_allow = sub.add_parser(
+        "allow", help="open one flow for a while; the kernel closes it at the deadline",
+        description="Insert the tightest allow for one flow right before the rule (or at the end "
+                    "of the chain whose policy) that drops it. The kernel enforces the TTL (nft "
+                    "set element timeout, iptables -m time --datestop): the hole closes even if "
+                    "fwtop is killed. Shows the change first; --yes applies without asking.")
+    _add_netns(p_allow)
+    p_allow.add_argument("--proto", required=True, help="tcp, udp, sctp, icmp, icmpv6")
+    p_allow.add_argument("--src", help="source address or prefix (a /32 or /128 by default)")
+    p_allow.add_argument("--any-source", action="store_true",
+                         help="allow every source address (refused unless given)")
+    p_allow.add_argument("--dst", help="destination address (default: any of this host's)")
+    p_allow.add_argument("--dport", type=int, help="destination port")
+    p_allow.add_argument("--iif", help="only on this input interface")
+    p_allow.add_argument("--ttl", type=int, required=True, metavar="S",
+                         help="seconds until the kernel closes it (cap: FWTOP_TTL_CAP, 3600)")
+    p_allow.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
+    p_allow.add_argument("--yes", action="store_true", help="apply without asking")
+    p_allow.add_argument("--json", action="store_true", help="JSON output (implies --yes)")
+    p_temp = sub.add_parser("temp", help="list, extend or revert temporary allows")
+    p_temp.add_argument("action", choices=["list", "extend", "revert"])
+    p_temp.add_argument("id", nargs="?", help="the allow's id (extend, revert)")
+    p_temp.add_argument("seconds", nargs="?", type=int, help="new TTL from now (extend)")
+    p_temp.add_argument("--json", action="store_true", help="JSON output")
     p_trace = sub.add_parser(
         "trace", help="trace real packets of a flow with nftrace: the kernel's own answer",
         description="Mark packets of one flow with nftrace (in a temporary table the kernel "
@@ -195,6 +220,112 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_allow(args: argparse.Namespace) -> int:
+    from fwtop.core.tempallow import AllowError, AllowRequest
+    from fwtop.service import tempallow
+
+    proto = args.proto.lower()
+    req = AllowRequest(proto=proto, src=args.src, dst=args.dst, dport=args.dport, iif=args.iif,
+                       ttl=args.ttl, any_source=args.any_source)
+    require_root()
+    name = resolve(args.netns).name if args.netns else None  # one-line error if unknown
+    try:
+        prev = tempallow.preview(req, name)
+        plan = prev.plan
+        if not args.json:
+            print(f"{args.proto} flow dropped by {tempallow._decider(prev.verdict)}")
+            print(f"fwtop will add, in {plan.backend} {plan.family} {plan.table} {plan.chain}"
+                  f" {'before #' + str(plan.before.position) if plan.before else 'at the end'}"
+                  f" (expires in {plan.ttl} s, enforced by the kernel):")
+            for line in plan.commands():
+                print(f"  {line}")
+        if args.dry_run:
+            if args.json:
+                json.dump({**plan.to_json(), "dry_run": True}, sys.stdout, indent=1)
+                sys.stdout.write("\n")
+            return 0
+        if not (args.yes or args.json):
+            if not sys.stdin.isatty():
+                raise CliError("not applied: pass --yes to apply without a terminal")
+            if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("not applied")
+                return 1
+        done = tempallow.apply(prev, name)
+    except AllowError as exc:
+        raise CliError(str(exc)) from None
+    out = {**plan.to_json(), "handle": done.record.handle}
+    if done.still_dropped:
+        out["warning"] = f"the flow would still be dropped: {done.still_dropped}"
+    if args.json:
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        until = time.strftime("%H:%M:%S", time.localtime(plan.expires_at))
+        print(f"allowed: id {plan.id}, expires {until} "
+              f"(fwtop temp extend {plan.id} S / fwtop temp revert {plan.id})")
+        if done.still_dropped:
+            print(f"warning: the flow would still be dropped: {done.still_dropped}")
+    return 0
+
+
+def cmd_temp(args: argparse.Namespace) -> int:
+    from fwtop.core.tempallow import AllowError, valid_id
+    from fwtop.service import tempallow
+
+    require_root()
+    if args.action != "list":
+        if not args.id or not valid_id(args.id):
+            raise CliError(f"fwtop temp {args.action} needs an id from `fwtop temp list`")
+        if args.action == "extend" and args.seconds is None:
+            raise CliError("fwtop temp extend ID SECONDS")
+    try:
+        if args.action == "list":
+            records = tempallow.active()
+            if args.json:
+                json.dump([r.to_json() for r in records], sys.stdout, indent=1)
+                sys.stdout.write("\n")
+                return 0
+            if not records:
+                print("no active temporary rules")
+            for r in records:
+                left = max(0, int(r.expires_at - time.time()))
+                print(f"{r.id}  {left:>5} s left  {r.netns or 'host'}  {r.backend} {r.family} "
+                      f"{r.table} {r.chain}  {r.text}")
+            return 0
+        if args.action == "revert":
+            r = tempallow.revert(args.id)
+        else:
+            r = tempallow.extend(args.id, args.seconds)
+    except AllowError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        json.dump(r.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        left = int(r.expires_at - time.time())
+        print(f"{args.action}: {r.id} ({r.note or f'expires in {left} s'})")
+    return 0
+
+
+def _startup_cleanup() -> None:
+    """Every fwtop start removes the leftovers of expired temporary allows (cheap when none)."""
+    import os
+
+    from fwtop.service.journal import Journal, JournalError
+
+    if os.geteuid() != 0 or not Journal().path.exists():
+        return
+    from fwtop.service.tempallow import cleanup
+
+    try:
+        for r in cleanup():
+            print(f"fwtop: removed the expired temporary allow {r.id} ({r.note})",
+                  file=sys.stderr)
+    except (JournalError, OSError) as exc:
+        print(f"fwtop: warning: cleanup of expired temporary allows failed: {exc}",
+              file=sys.stderr)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from fwtop.service.trace import trace_flow
     from fwtop.sources.nftrace import TraceError
@@ -287,9 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, "explain": cmd_explain,
+                "allow": cmd_allow, "temp": cmd_temp,
                 "trace": cmd_trace,
                 None: cmd_tui}
     try:
+        if args.command not in ("lab",):
+            _startup_cleanup()
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,267 @@
+"""Temporary allows end to end: plan (evaluator), re-check, write, verify, journal, janitor;
+list, extend, revert, and the cleanup every fwtop start runs.
+
+The kernel closes the hole at the deadline by itself (set element timeout, `-m time
+--datestop`); the janitor and the start-up cleanup only remove the then-inert leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fwtop.core.evaluator import Evaluator, NetContext, Packet, Verdict
+from fwtop.core.model import Rule
+from fwtop.core.tempallow import AllowError, AllowRequest, Plan, build_plan, check_request
+from fwtop.firewall.netns import NetnsError, resolve, run_in
+from fwtop.service.journal import Journal, Record
+
+T = TypeVar("T")
+
+
+def ttl_cap() -> int:
+    try:
+        return int(os.environ.get("FWTOP_TTL_CAP", "3600"))
+    except ValueError:
+        return 3600
+
+
+def _in(netns: str | None, fn: Callable[[], T]) -> T:
+    ns = resolve(netns)
+    return run_in(ns, fn) if ns is not None else fn()
+
+
+def _probe_packet(req: AllowRequest, net: NetContext) -> Packet:
+    """The packet to evaluate for the request: its source's first address, its destination or
+    (when none was given) an address of the namespace of the same family."""
+    src_net = req.source_network()
+    family6 = src_net is not None and src_net.version == 6
+    src = str(src_net.network_address) if src_net is not None else (
+        "::2" if family6 else "192.0.2.1")
+    dst = req.dst
+    if dst is None:
+        local = [a for a, dev in net.local if dev != "lo" and (":" in a) == family6]
+        if req.iif:
+            local = [a for a, dev in net.local if dev == req.iif and (":" in a) == family6] \
+                or local
+        if not local:
+            raise AllowError("give --dst: this namespace has no address to evaluate against")
+        dst = local[0]
+    return Packet(req.proto, src, dst, None, req.dport, iif=req.iif, hook=req.hook,
+                  icmp_type=8 if req.proto == "icmp" else 128 if req.proto == "icmpv6" else None,
+                  icmp_code=0 if req.proto in ("icmp", "icmpv6") else None)
+
+
+@dataclass(slots=True)
+class Preview:
+    plan: Plan
+    verdict: Verdict  # why it is dropped now
+    packet: Packet
+
+
+def preview(req: AllowRequest, netns: str | None, now: float | None = None) -> Preview:
+    """What `allow` would write, computed in the namespace; nothing changes."""
+    check_request(req, ttl_cap())
+
+    def work() -> Preview:
+        from fwtop.firewall import load_ruleset
+        from fwtop.firewall.routing import net_context
+
+        net = net_context()
+        pkt = _probe_packet(req, net)
+        ev = Evaluator(load_ruleset())
+        v = ev.evaluate(pkt, net)
+        rules: tuple[Rule, ...] = ()
+        if v.policy is not None:
+            p = v.policy
+            chain = ev.chains.get((p.backend, p.family, p.table, p.chain))
+            rules = chain.rules if chain is not None else ()
+        return Preview(build_plan(req, v, now or time.time(), chain_rules=rules), v, pkt)
+
+    return _in(netns, work)
+
+
+@dataclass(slots=True)
+class Applied:
+    record: Record
+    plan: Plan
+    still_dropped: str | None  # where the flow would still be dropped after the allow
+
+
+def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
+          start_janitor: bool = True) -> Applied:
+    """Re-check that the ruleset still drops the flow where the preview said, write the allow
+    in one transaction, verify it with the evaluator, record it, and start the janitor."""
+    journal = journal or Journal()
+    plan = prev.plan
+    record = Record(plan.id, "allow", time.time(), plan.expires_at, netns, plan.backend,
+                    plan.family, plan.table, plan.chain, None, plan.set_name,
+                    list(plan.ipt_argv), plan.text, _flow(prev, plan), state="pending")
+    with journal.locked() as records:  # first the record: a crash mid-write leaves a trace
+        records.append(record)
+
+    def work() -> tuple[int | None, str | None]:
+        from fwtop.firewall import load_ruleset
+        from fwtop.firewall import tempallow as fw
+        from fwtop.firewall.routing import net_context
+
+        net = net_context()
+        now_v = Evaluator(load_ruleset()).evaluate(prev.packet, net)
+        if _decider(now_v) != _decider(prev.verdict):
+            raise AllowError("the ruleset changed since the preview (the flow is now "
+                             f"{now_v.verdict} by {_decider(now_v) or 'nothing'}): "
+                             "nothing was written; preview again")
+        handle = fw.apply(plan)
+        after = Evaluator(load_ruleset()).evaluate(prev.packet, net)
+        still = None
+        if after.verdict in ("drop", "reject"):
+            still = (f"{after.verdict} by {_decider(after)}: another base chain or table "
+                     f"drops it too; allow there as well (fwtop explain shows the path)")
+        return handle, still
+
+    try:
+        handle, still = _in(netns, work)
+    except BaseException:
+        with journal.locked() as records:
+            for r in records:
+                if r.id == plan.id:
+                    r.state, r.removed_at, r.note = "removed", time.time(), "not written"
+        raise
+    with journal.locked() as records:
+        for r in records:
+            if r.id == plan.id:
+                r.state, r.handle = "active", handle
+                record = r
+    if start_janitor:
+        spawn_janitor()
+    return Applied(record, plan, still)
+
+
+def _decider(v: Verdict) -> str | None:
+    if v.verdict not in ("drop", "reject"):
+        return None
+    if v.rule is not None:
+        return f"{v.rule.backend} {v.rule.family} {v.rule.table} {v.rule.chain} #" \
+               f"{v.rule.position} `{v.rule.text}`"
+    if v.policy is not None:
+        return f"the policy of {v.policy.backend} {v.policy.family} {v.policy.table} " \
+               f"{v.policy.chain}"
+    return None
+
+
+def _flow(prev: Preview, plan: Plan) -> dict[str, object]:
+    pkt = plan.packet
+    return {"proto": pkt.proto, "src": plan.src, "dst": pkt.dst, "dport": pkt.dport,
+            "iif": pkt.iif, "element": plan.element}
+
+
+# --- after the fact ---------------------------------------------------------------------------
+
+
+def _remove(record: Record) -> str:
+    """Remove one record's objects in its namespace: "removed", "absent" or "gone"."""
+    from fwtop.firewall import tempallow as fw
+
+    def work() -> bool:
+        if record.backend == "nft":
+            return fw.remove_nft(record.family, record.table, f"fwtop:{record.id}",
+                                 record.set_name)
+        return fw.remove_ipt(record.backend, record.family, record.table, record.chain,
+                             record.ipt_argv)
+
+    try:
+        found = _in(record.netns, work)
+    except NetnsError:
+        return "gone"
+    return "removed" if found else "absent"
+
+
+def cleanup(journal: Journal | None = None, now: float | None = None,
+            only: str | None = None, expired_only: bool = True) -> list[Record]:
+    """Remove the objects of expired (or, with `only`, that one) records; returns them."""
+    journal = journal or Journal()
+    if not journal.path.exists():
+        return []
+    now = now if now is not None else time.time()
+    done: list[Record] = []
+    with journal.locked() as records:
+        for r in records:
+            if r.state not in ("active", "pending"):
+                continue
+            if only is not None and r.id != only:
+                continue
+            if expired_only and only is None and r.expires_at > now:
+                continue
+            outcome = _remove(r)
+            r.state = "gone" if outcome == "gone" else "removed"
+            r.removed_at = time.time()
+            r.note = {"removed": "removed", "absent": "already gone from the ruleset",
+                      "gone": "its namespace no longer exists"}[outcome]
+            done.append(r)
+        # Keep the file small: forget what was removed more than a day ago.
+        records[:] = [r for r in records if r.state in ("active", "pending")
+                      or (r.removed_at or now) > now - 86400]
+    return done
+
+
+def active(journal: Journal | None = None) -> list[Record]:
+    return [r for r in (journal or Journal()).read() if r.state in ("active", "pending")]
+
+
+def revert(allow_id: str, journal: Journal | None = None) -> Record:
+    done = cleanup(journal, only=allow_id, expired_only=False)
+    if not done:
+        raise AllowError(f"no active temporary rule {allow_id} (see `fwtop temp list`)")
+    return done[0]
+
+
+def extend(allow_id: str, seconds: int, journal: Journal | None = None) -> Record:
+    """Move the deadline to `seconds` from now (within the TTL cap)."""
+    from fwtop.firewall import tempallow as fw
+
+    if seconds <= 0 or seconds > ttl_cap():
+        raise AllowError(f"extend by 1..{ttl_cap()} seconds (FWTOP_TTL_CAP raises the cap)")
+    journal = journal or Journal()
+    with journal.locked() as records:
+        match = [r for r in records if r.id == allow_id and r.state == "active"]
+        if not match:
+            raise AllowError(f"no active temporary rule {allow_id} (see `fwtop temp list`)")
+        r = match[0]
+        expires = time.time() + seconds
+
+        def work() -> list[str]:
+            if r.backend == "nft":
+                element = str(r.flow.get("element", ""))
+                assert r.set_name is not None
+                fw.extend_nft(r.family, r.table, r.set_name, element, seconds)
+                return r.ipt_argv
+            return fw.extend_ipt(r.backend, r.family, r.table, r.chain, r.ipt_argv,
+                                 f"fwtop:{r.id}", expires)
+
+        try:
+            r.ipt_argv = _in(r.netns, work)
+        except NetnsError:
+            raise AllowError(f"the namespace {r.netns} of {allow_id} no longer exists") from None
+        r.expires_at = expires
+        return r
+
+
+# --- the janitor ------------------------------------------------------------------------------
+
+
+def spawn_janitor() -> None:
+    """A detached process (own session, no terminal) that removes leftovers as they expire and
+    exits when none is left. Losing it loses nothing: the kernel already closed the holes and
+    the next fwtop start cleans up."""
+    with contextlib.suppress(OSError):
+        subprocess.Popen([sys.executable, "-m", "fwtop.service.janitor"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                         env=dict(os.environ))
+
