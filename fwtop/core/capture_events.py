@@ -72,6 +72,24 @@ class PacketEvent:
         }
 
 
+# A PacketEvent's fields as a plain tuple, in PACKET_FIELDS order: the capture's hot path
+# hands these to the flow table and builds a PacketEvent only for packets that are shown
+# (building the frozen dataclass costs three times the decode).
+PacketFields = tuple[float, float, int, "str | None", str, "str | None", "str | None",
+                     "str | None", "str | None", "int | None", "int | None", "int | None",
+                     "int | None", "str | None", "int | None", int, "int | None", "int | None",
+                     "Embedded | None", "int | None"]
+PACKET_FIELDS = ("ts", "wall", "seq", "iface", "dir", "family", "proto", "src", "dst", "sport",
+                 "dport", "icmp_type", "icmp_code", "tcp_flags", "len", "frame_len", "vlan",
+                 "icmp_id", "embedded", "mtu")
+
+
+def packet_fields(p: PacketEvent) -> PacketFields:
+    return (p.ts, p.wall, p.seq, p.iface, p.dir, p.family, p.proto, p.src, p.dst, p.sport,
+            p.dport, p.icmp_type, p.icmp_code, p.tcp_flags, p.len, p.frame_len, p.vlan,
+            p.icmp_id, p.embedded, p.mtu)
+
+
 @dataclass(frozen=True, slots=True)
 class FlowListener:
     """The local process that listens on a flow's port (pid/name None when it cannot be

@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from fwtop.core.capture_events import Embedded, FlowEvent, FlowState, PacketEvent, fast_factory
+from fwtop.core.capture_events import (
+    Embedded,
+    FlowEvent,
+    FlowState,
+    PacketEvent,
+    PacketFields,
+    fast_factory,
+    packet_fields,
+)
 from fwtop.core.packet import TCP_FLAG_NAMES
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -28,6 +36,9 @@ _SYN_SENT = "syn-sent"
 _SYN_ACKED = "syn-acked"
 _REQUESTED = "requested"  # UDP datagram or ICMP echo waiting for a reply
 _PENDING = frozenset({_SYN_SENT, _SYN_ACKED, _REQUESTED})
+# States in which another datagram from the client may start the flow over: the UDP fast
+# path leaves those to _udp.
+_RESTARTS = frozenset({"rejected", "seen"})
 
 ICMP_UNREACH_V4 = {
     0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
@@ -74,7 +85,7 @@ class _Flow:
 
     __slots__ = ("answered_by", "attempts", "client", "deadline", "dport", "emitted",
                  "family", "first_ts", "gen", "icmp_code", "icmp_id", "icmp_type", "key",
-                 "last_ts", "mtu", "proto", "server", "sport", "state", "wall_offset")
+                 "last_ts", "mtu", "placed", "proto", "server", "sport", "state", "wall_offset")
 
     def __init__(self, key: tuple[object, ...], proto: str, family: str | None, client: str,
                  server: str, sport: int | None, dport: int | None, icmp_id: int | None,
@@ -92,6 +103,7 @@ class _Flow:
         self.attempts = 1
         self.first_ts = ts
         self.last_ts = ts
+        self.placed = ts  # last_ts when it was put at the back of the table
         self.deadline = 0.0
         self.gen = 0
         self.wall_offset = wall_offset
@@ -145,6 +157,7 @@ class FlowTable:
         self._pending: deque[tuple[float, int, _Flow]] = deque()
         self._out: list[FlowEvent] = []
         self._last_skip = float("-inf")
+        self._last_blind = float("-inf")
         self._created = 0
         self._evicted = 0
         self._evicted_pending = 0
@@ -156,8 +169,11 @@ class FlowTable:
         out, self._out = self._out, []
         return out
 
-    def note_skipped(self, ts: float) -> None:
-        self._last_skip = ts
+    def note_skipped(self, ts: float, blind_ts: float = float("-inf")) -> None:
+        """The capture skipped packets up to `ts` (sampling: flow-deciding TCP and ICMP were
+        still decoded) and skipped whole stretches unseen up to `blind_ts` (nothing decoded)."""
+        self._last_skip = max(self._last_skip, ts)
+        self._last_blind = max(self._last_blind, blind_ts)
 
     def stats(self) -> FlowTableStats:
         pending = sum(1 for f in self._flows.values() if f.state in _PENDING)
@@ -168,24 +184,45 @@ class FlowTable:
         return len(self._flows)
 
     def observe(self, p: PacketEvent) -> None:
-        proto = p.proto
-        src = p.src
-        dst = p.dst
+        self.observe_fields(packet_fields(p))
+
+    def observe_fields(self, t: PacketFields) -> None:
+        """One decoded packet, as PacketEvent fields in a tuple (the capture's hot path)."""
+        proto = t[6]
+        src = t[7]
+        dst = t[8]
         if src is None or dst is None:
             return
-        if proto == "tcp":
-            flags = p.tcp_flags
-            if flags is None or p.sport is None:
+        if proto == "udp":
+            sport = t[9]
+            if sport is None:
                 return
-            self._tcp(p, src, dst, _FLAG_BITS.get(flags, 0))
-        elif proto == "udp":
-            if p.sport is not None:
-                self._udp(p, src, dst)
+            dport = t[10]
+            # Most packets belong to a flow whose state they do not change: find it and stamp
+            # its activity without a method call.
+            if src < dst or (src == dst and sport <= (dport or 0)):
+                key: tuple[object, ...] = ("udp", src, sport, dst, dport)
+            else:
+                key = ("udp", dst, dport, src, sport)
+            flow = self._flows.get(key)
+            if flow is not None and src == flow.client and sport == flow.sport:
+                state = flow.state
+                if state not in _RESTARTS:
+                    if state == _REQUESTED or state == "unanswered":
+                        flow.attempts += 1
+                    flow.last_ts = t[0]
+                    return
+            self._udp(t, src, dst, key, flow)
+        elif proto == "tcp":
+            flags = t[13]
+            if flags is None or t[9] is None:
+                return
+            self._tcp(t, src, dst, _FLAG_BITS.get(flags, 0))
         elif proto == "icmp" or proto == "icmpv6":
-            if p.embedded is not None or p.mtu is not None:
-                self._icmp_error(p)
-            elif p.icmp_id is not None:
-                self._echo(p, src, dst)
+            if t[18] is not None or t[19] is not None:
+                self._icmp_error(t)
+            elif t[17] is not None:
+                self._echo(t, src, dst)
 
     def expire(self, now: float) -> None:
         """Decide every flow whose answer is overdue at `now`, and forget idle flows."""
@@ -197,25 +234,39 @@ class FlowTable:
             self._timed_out(flow, deadline)
         flows = self._flows
         cutoff = now - self.idle
-        while flows:
+        # The table is in order of placement; a flow active since it was placed goes to the
+        # back instead (a lazy LRU: no reordering per packet).
+        for _ in range(len(flows)):
             flow = next(iter(flows.values()))
-            if flow.last_ts > cutoff:
+            if flow.last_ts <= cutoff:
+                self._evict(flow)
+            elif flow.last_ts > flow.placed:
+                flow.placed = flow.last_ts
+                flows.move_to_end(flow.key)
+            else:
                 break
-            self._evict(flow)
 
     # --- per protocol ---------------------------------------------------------------------------
 
-    def _touch(self, flow: _Flow, ts: float) -> None:
+    @staticmethod
+    def _touch(flow: _Flow, ts: float) -> None:
         flow.last_ts = ts
-        self._flows.move_to_end(flow.key)
 
-    def _new(self, key: tuple[object, ...], p: PacketEvent, src: str, dst: str, state: str,
+    def _new(self, key: tuple[object, ...], t: PacketFields, src: str, dst: str, state: str,
              icmp_id: int | None = None) -> _Flow:
         flows = self._flows
+        moves = len(flows)
         while len(flows) >= self.max_flows:
-            self._evict(next(iter(flows.values())))
-        flow = _Flow(key, p.proto or "?", p.family, src, dst, p.sport, p.dport, icmp_id, state,
-                     p.ts, p.wall - p.ts)
+            oldest = next(iter(flows.values()))
+            if oldest.last_ts > oldest.placed and moves > 0:
+                # Active since placed: a second chance at the back (bounded: one round).
+                oldest.placed = oldest.last_ts
+                flows.move_to_end(oldest.key)
+                moves -= 1
+                continue
+            self._evict(oldest)
+        flow = _Flow(key, t[6] or "?", t[5], src, dst, t[9], t[10], icmp_id, state,
+                     t[0], t[1] - t[0])
         flows[key] = flow
         self._created += 1
         return flow
@@ -237,102 +288,101 @@ class FlowTable:
             self._pending = deque(e for e in pending if e[2].gen == e[1] and
                                   e[2].state in _PENDING)
 
-    def _restart(self, flow: _Flow, p: PacketEvent, state: str) -> None:
+    def _restart(self, flow: _Flow, t: PacketFields, state: str) -> None:
         """The same 5-tuple starts over (a port reused after the earlier flow went quiet)."""
-        flow.client, flow.server = p.src or flow.client, p.dst or flow.server
-        flow.sport, flow.dport = p.sport, p.dport
+        flow.client, flow.server = t[7] or flow.client, t[8] or flow.server
+        flow.sport, flow.dport = t[9], t[10]
         flow.state = state
         flow.emitted = None
         flow.attempts = 1
-        flow.first_ts = p.ts
-        flow.wall_offset = p.wall - p.ts
+        flow.first_ts = t[0]
+        flow.wall_offset = t[1] - t[0]
         flow.answered_by = flow.icmp_type = flow.icmp_code = flow.mtu = None
 
-    def _tcp(self, p: PacketEvent, src: str, dst: str, bits: int) -> None:
-        key = _key("tcp", src, p.sport, dst, p.dport)
+    def _tcp(self, t: PacketFields, src: str, dst: str, bits: int) -> None:
+        key = _key("tcp", src, t[9], dst, t[10])
         flow = self._flows.get(key)
-        ts = p.ts
+        ts = t[0]
         if bits & SYN and not bits & ACK:
             if flow is None:
-                flow = self._new(key, p, src, dst, _SYN_SENT)
+                flow = self._new(key, t, src, dst, _SYN_SENT)
                 self._wait(flow, ts)
             elif flow.state in (_SYN_SENT, "unanswered") and flow.client == src:
                 flow.attempts += 1  # a retransmitted SYN: the same attempt goes on
             elif flow.state in ("refused", "rejected", "seen") or \
                     ts - flow.last_ts > self.timeout:
-                self._restart(flow, p, _SYN_SENT)
+                self._restart(flow, t, _SYN_SENT)
                 self._wait(flow, ts)
             self._touch(flow, ts)
             return
         if flow is None:
             return  # mid-stream packet of a flow that started before the capture
         self._touch(flow, ts)
-        from_server = src == flow.server and p.sport == flow.dport
+        from_server = src == flow.server and t[9] == flow.dport
         state = flow.state
         if from_server:
             if bits & RST:
                 if state in (_SYN_SENT, "unanswered"):
                     flow.answered_by = src
-                    self._decide(flow, "refused", f"RST from {src}", ts, p.wall)
+                    self._decide(flow, "refused", f"RST from {src}", ts, t[1])
             elif bits & SYN and bits & ACK:
                 if state in (_SYN_SENT, "unanswered", "rejected"):
                     flow.answered_by = src
                     flow.state = _SYN_ACKED
                     self._wait(flow, ts)
         elif state == _SYN_ACKED and not bits & (SYN | RST):
-            self._decide(flow, "established", "handshake completed", ts, p.wall)
+            self._decide(flow, "established", "handshake completed", ts, t[1])
         elif state == "half-open" and bits & ACK and not bits & (SYN | RST):
             self._decide(flow, "established", "handshake completed (late final ACK)", ts,
-                         p.wall)
+                         t[1])
 
-    def _udp(self, p: PacketEvent, src: str, dst: str) -> None:
-        key = _key("udp", src, p.sport, dst, p.dport)
-        flow = self._flows.get(key)
-        ts = p.ts
+    def _udp(self, t: PacketFields, src: str, dst: str, key: tuple[object, ...],
+             flow: _Flow | None) -> None:
+        ts = t[0]
         if flow is None:
-            flow = self._new(key, p, src, dst, _REQUESTED)
+            flow = self._new(key, t, src, dst, _REQUESTED)
             self._wait(flow, ts)
-        elif src == flow.server and p.sport == flow.dport:
+        elif src == flow.server and t[9] == flow.dport:
             if flow.state in (_REQUESTED, "unanswered", "rejected"):
                 flow.answered_by = src
-                self._decide(flow, "answered", f"reply from {src}", ts, p.wall)
+                self._decide(flow, "answered", f"reply from {src}", ts, t[1])
         elif flow.state in (_REQUESTED, "unanswered"):
             if src == flow.client:
                 flow.attempts += 1
         elif flow.state == "seen" or (flow.state == "rejected" and
-                                      p.ts - flow.last_ts > self.timeout):
-            self._restart(flow, p, _REQUESTED)
+                                      t[0] - flow.last_ts > self.timeout):
+            self._restart(flow, t, _REQUESTED)
             self._wait(flow, ts)
         self._touch(flow, ts)
 
-    def _echo(self, p: PacketEvent, src: str, dst: str) -> None:
-        itype = p.icmp_type
+    def _echo(self, t: PacketFields, src: str, dst: str) -> None:
+        itype = t[11]
         request = itype == 8 or itype == 128
         lo, hi = (src, dst) if src <= dst else (dst, src)
-        key = (p.proto, lo, hi, p.icmp_id)
+        key = (t[6], lo, hi, t[17])
         flow = self._flows.get(key)
-        ts = p.ts
+        ts = t[0]
         if flow is None:
             if not request:
                 return
-            flow = self._new(key, p, src, dst, _REQUESTED, p.icmp_id)
+            flow = self._new(key, t, src, dst, _REQUESTED, t[17])
             self._wait(flow, ts)
         elif request and (src == flow.client or flow.state == "seen"):
             if flow.state in (_REQUESTED, "unanswered"):
                 flow.attempts += 1
             elif flow.state == "seen" or ts - flow.last_ts > self.timeout:
-                self._restart(flow, p, _REQUESTED)
+                self._restart(flow, t, _REQUESTED)
                 self._wait(flow, ts)
         elif not request and src == flow.server and flow.state in (_REQUESTED, "unanswered"):
             flow.answered_by = src
-            self._decide(flow, "answered", f"echo reply from {src}", ts, p.wall)
+            self._decide(flow, "answered", f"echo reply from {src}", ts, t[1])
         self._touch(flow, ts)
 
-    def _icmp_error(self, p: PacketEvent) -> None:
-        inner: Embedded | None = p.embedded
-        src = p.src or "?"
-        family = p.family
-        what = icmp_error_text(family, p.icmp_type, p.icmp_code)
+    def _icmp_error(self, t: PacketFields) -> None:
+        inner: Embedded | None = t[18]
+        src = t[7] or "?"
+        family = t[5]
+        what = icmp_error_text(family, t[11], t[12])
         flow: _Flow | None = None
         if inner is not None and inner.proto is not None:
             if inner.proto in ("tcp", "udp") and inner.sport is not None:
@@ -346,28 +396,28 @@ class FlowTable:
             if flow is None and inner.proto in ("tcp", "udp", "icmp", "icmpv6"):
                 # An error about a flow that began before the capture (or was evicted): keep a
                 # record so a burst of the same error is reported once.
-                flow = self._new(key, p, inner.src, inner.dst, "seen", inner.icmp_id)
+                flow = self._new(key, t, inner.src, inner.dst, "seen", inner.icmp_id)
                 flow.proto, flow.sport, flow.dport = inner.proto, inner.sport, inner.dport
             if flow is not None:
-                self._touch(flow, p.ts)
-        if p.mtu is not None:
+                self._touch(flow, t[0])
+        if t[19] is not None:
             if flow is None:
                 event = _make_flow_event(
-                    p.ts, p.wall, family, inner.proto if inner else "?",
+                    t[0], t[1], family, inner.proto if inner else "?",
                     inner.src if inner else "?", inner.dst if inner else "?",
                     inner.sport if inner else None, inner.dport if inner else None, "pmtu",
-                    self._pmtu_reason(p.mtu, src), src, p.icmp_type, p.icmp_code, p.mtu,
+                    self._pmtu_reason(t[19], src), src, t[11], t[12], t[19],
                     inner.icmp_id if inner else None, 1, True)
                 self._out.append(event)
                 self._decided += 1
-            elif flow.mtu != p.mtu:
-                flow.mtu, flow.answered_by = p.mtu, src
-                flow.icmp_type, flow.icmp_code = p.icmp_type, p.icmp_code
-                self._emit(flow, "pmtu", self._pmtu_reason(p.mtu, src), p.ts, p.wall)
+            elif flow.mtu != t[19]:
+                flow.mtu, flow.answered_by = t[19], src
+                flow.icmp_type, flow.icmp_code = t[11], t[12]
+                self._emit(flow, "pmtu", self._pmtu_reason(t[19], src), t[0], t[1])
             return
         if flow is None:
             return
-        unreachable = p.icmp_type == (1 if family == "ip6" else 3)
+        unreachable = t[11] == (1 if family == "ip6" else 3)
         state = flow.state
         if unreachable:
             # A late error for an answered datagram flow still tells its fate (service gone).
@@ -377,8 +427,8 @@ class FlowTable:
             decides = state in _PENDING or state == "unanswered"
         if decides:
             flow.answered_by = src
-            flow.icmp_type, flow.icmp_code = p.icmp_type, p.icmp_code
-            self._decide(flow, "rejected", f"ICMP {what} from {src}", p.ts, p.wall)
+            flow.icmp_type, flow.icmp_code = t[11], t[12]
+            self._decide(flow, "rejected", f"ICMP {what} from {src}", t[0], t[1])
 
     @staticmethod
     def _pmtu_reason(mtu: int, src: str) -> str:
@@ -391,6 +441,7 @@ class FlowTable:
         wall = deadline + flow.wall_offset
         waited = f"{self.timeout:g} s"
         skipped = self._last_skip >= flow.first_ts
+        blind = self._last_blind >= flow.first_ts
         if flow.state == _SYN_ACKED:
             self._decide(flow, "half-open",
                          f"SYN-ACK from {flow.answered_by} but no final ACK within {waited} "
@@ -400,7 +451,7 @@ class FlowTable:
         if flow.proto == "tcp":
             reason = (f"no answer to {_plural(flow.attempts, 'SYN')} within {waited}: dropped "
                       "on the way (a firewall DROP, or the path)")
-            certain = True
+            certain = not blind
         elif flow.proto == "udp":
             reason = (f"no reply within {waited} to {_plural(flow.attempts, 'datagram')} "
                       "(dropped, or the service does not answer)")
@@ -408,7 +459,7 @@ class FlowTable:
         else:
             reason = (f"no echo reply within {waited} to "
                       f"{_plural(flow.attempts, 'echo request')}")
-            certain = True
+            certain = not blind
         if not certain:
             reason += "; the capture was sampling meanwhile, so a reply may have been skipped"
         self._decide(flow, "unanswered", reason, deadline, wall, certain=certain)

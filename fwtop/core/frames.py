@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import struct
 
-from fwtop.core.capture_events import Direction, Embedded, PacketEvent, fast_factory
+from fwtop.core.capture_events import (
+    PACKET_FIELDS,
+    Direction,
+    Embedded,
+    PacketEvent,
+    PacketFields,
+    fast_factory,
+)
 from fwtop.core.packet import (
     IPPROTO_AH,
     IPPROTO_DSTOPTS,
@@ -64,10 +71,7 @@ ICMP_ECHO_TYPES = frozenset({(4, 8), (4, 0), (6, 128), (6, 129)})
 ICMP_ERROR_TYPES_V4 = frozenset({3, 4, 5, 11, 12})
 ICMP_ERROR_TYPES_V6 = frozenset({1, 2, 3, 4})
 
-PACKET_ARGS = ("ts", "wall", "seq", "iface", "dir", "family", "proto", "src", "dst", "sport",
-               "dport", "icmp_type", "icmp_code", "tcp_flags", "len", "frame_len", "vlan",
-               "icmp_id", "embedded", "mtu")
-make_packet = fast_factory(PacketEvent, PACKET_ARGS)
+make_packet = fast_factory(PacketEvent, PACKET_FIELDS)
 
 
 def link_of_arphrd(hatype: int) -> str:
@@ -171,14 +175,11 @@ def icmp_details(l3: BytesLike, f: L3Fields,
     return None, Embedded(inner[5], inner[1], inner[2], inner[8], inner[9], inner_id), mtu
 
 
-def decode_packet(frame: BytesLike, link: str = LINK_ETHERNET, *, ts: float = 0.0,
+def decode_fields(frame: BytesLike, link: str = LINK_ETHERNET, *, ts: float = 0.0,
                   wall: float = 0.0, seq: int = 0, iface: str | None = None,
                   direction: Direction = "in", frame_len: int | None = None,
-                  vlan: int | None = None) -> PacketEvent | None:
-    """One captured frame as a PacketEvent, or None when it holds no IP packet.
-
-    `vlan` is a tag the kernel already stripped (TP_STATUS_VLAN_VALID); a tag still in the
-    frame wins over nothing but not over it."""
+                  vlan: int | None = None) -> PacketFields | None:
+    """decode_packet's fields as a tuple in PACKET_FIELDS order (the capture's hot path)."""
     try:
         found = l3_offset(frame, link)
         if found is None:
@@ -191,9 +192,21 @@ def decode_packet(frame: BytesLike, link: str = LINK_ETHERNET, *, ts: float = 0.
         icmp_id = embedded = mtu = None
         if f[10] is not None:
             icmp_id, embedded, mtu = icmp_details(l3, f)
-        return make_packet(ts, wall, seq, iface, direction, f[0], f[5], f[1], f[2], f[8], f[9],
-                           f[10], f[11], f[12], f[3],
-                           len(frame) if frame_len is None else frame_len,
-                           vlan if vlan is not None else tag, icmp_id, embedded, mtu)
+        return (ts, wall, seq, iface, direction, f[0], f[5], f[1], f[2], f[8], f[9], f[10],
+                f[11], f[12], f[3], len(frame) if frame_len is None else frame_len,
+                vlan if vlan is not None else tag, icmp_id, embedded, mtu)
     except (struct.error, ValueError, IndexError, TypeError):  # pragma: no cover - belt and braces
         return None
+
+
+def decode_packet(frame: BytesLike, link: str = LINK_ETHERNET, *, ts: float = 0.0,
+                  wall: float = 0.0, seq: int = 0, iface: str | None = None,
+                  direction: Direction = "in", frame_len: int | None = None,
+                  vlan: int | None = None) -> PacketEvent | None:
+    """One captured frame as a PacketEvent, or None when it holds no IP packet.
+
+    `vlan` is a tag the kernel already stripped (TP_STATUS_VLAN_VALID); without one, the
+    outermost tag still in the frame is reported."""
+    fields = decode_fields(frame, link, ts=ts, wall=wall, seq=seq, iface=iface,
+                           direction=direction, frame_len=frame_len, vlan=vlan)
+    return None if fields is None else make_packet(*fields)

@@ -11,10 +11,10 @@ the packets the reader itself skipped when it fell behind.
 
 Bounded memory whatever the rate: the ring is a fixed mapping; a read() returns at most about
 `max_packets`; the raw bytes of only the last `raw_keep` decoded packets are kept (each cut to
-`raw_snap` bytes). When the ring holds more than a quarter of its blocks unread, the reader
-samples: it still counts every packet and still decodes every packet that can decide a flow
-(TCP SYN/RST/FIN, ICMP, anything it cannot cheaply classify), and skips the rest (counted); when
-more than half is unread it counts whole blocks without looking inside (counted too).
+`raw_snap` bytes). When half of the ring's blocks are full and unread, the reader samples: it
+still counts every packet and still decodes every packet that can decide a flow (TCP SYN/RST/FIN,
+ICMP, anything it cannot cheaply classify), and skips the rest (counted); at three quarters it
+counts whole blocks without looking inside (counted too), so the kernel never has to drop.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import time
 from types import TracebackType
 from typing import Protocol
 
-from fwtop.core.capture_events import CaptureStats, PacketEvent
+from fwtop.core.capture_events import CaptureStats, PacketEvent, PacketFields
 from fwtop.core.frames import (
     ARPHRD_ETHER,
     ARPHRD_LOOPBACK,
     LINK_ETHERNET,
     LINK_RAW,
-    decode_packet,
+    decode_fields,
     icmp_details,
     link_of_arphrd,
     make_packet,
@@ -261,6 +261,12 @@ class CaptureReader:
         """Packets captured since the last call: at most about `max_packets` (a ring block is
         never split). With `timeout` None it never blocks; otherwise it waits up to `timeout`
         seconds for the first packet."""
+        return [make_packet(*t) for t in self.read_fields(max_packets, timeout)]
+
+    def read_fields(self, max_packets: int = 4096,
+                    timeout: float | None = None) -> list[PacketFields]:
+        """read() as PacketFields tuples: the hot path (a PacketEvent costs more than the
+        decode; build one with make_packet(*fields) only for packets that are shown)."""
         if self._closed:
             return []
         if timeout is not None and timeout > 0 and not self._ready():
@@ -339,12 +345,12 @@ class CaptureReader:
         self._names[index] = name
         return name
 
-    def _read_ring(self, max_packets: int) -> list[PacketEvent]:
+    def _read_ring(self, max_packets: int) -> list[PacketFields]:
         mm = self._mm
         assert mm is not None
-        out: list[PacketEvent] = []
+        out: list[PacketFields] = []
         bsize, nr = self._block_size, self._block_nr
-        quarter, half = max(1, nr // 4), max(2, nr // 2)
+        sample_at, blind_at = max(1, nr // 2), max(2, nr * 3 // 4)
         unpack_block, unpack_status = _BLOCK.unpack_from, _BLOCK_STATUS.unpack_from
         clock = time.monotonic
         while len(out) < max_packets and not self._closed:
@@ -353,23 +359,23 @@ class CaptureReader:
             status, num, first = unpack_block(mm, boff + 8)
             if not status & TP_STATUS_USER:
                 break
-            # How far behind: is the block a quarter (half) of the ring ahead already full?
-            ahead_q = unpack_status(mm, ((block + quarter) % nr) * bsize + 8)[0]
-            ahead_h = unpack_status(mm, ((block + half) % nr) * bsize + 8)[0]
+            # How far behind: is the block half (three quarters) of the ring ahead full too?
+            ahead_s = unpack_status(mm, ((block + sample_at) % nr) * bsize + 8)[0]
+            ahead_b = unpack_status(mm, ((block + blind_at) % nr) * bsize + 8)[0]
             self._received += num
-            if ahead_h & TP_STATUS_USER:
+            if ahead_b & TP_STATUS_USER:
                 # Far behind: count the block unseen, so the ring keeps room and the kernel
                 # drops nothing; flows cannot be trusted meanwhile and are told so.
                 self._skipped += num
                 self._seq += num
                 self.last_skip = self.last_blind = clock()
             else:
-                self._walk(mm, boff + first, num, out, sampling=bool(ahead_q & TP_STATUS_USER))
+                self._walk(mm, boff + first, num, out, sampling=bool(ahead_s & TP_STATUS_USER))
             _BLOCK_STATUS.pack_into(mm, boff + 8, TP_STATUS_KERNEL)
             self._block = (block + 1) % nr
         return out
 
-    def _walk(self, mm: mmap.mmap, pos: int, num: int, out: list[PacketEvent],
+    def _walk(self, mm: mmap.mmap, pos: int, num: int, out: list[PacketFields],
               sampling: bool) -> None:
         """Decode the `num` packets of one ring block starting at `pos` into `out`."""
         unpack = _HDR3.unpack_from
@@ -381,7 +387,6 @@ class CaptureReader:
         wall_offset = time.time() - time.monotonic()
         append = out.append
         decode = decode_l3_fields
-        make = make_packet
         for _ in range(num):
             (nxt, sec, nsec, caplen, wlen, status, mac, _net, tci, ifindex, hatype,
              pkttype) = unpack(mm, pos)
@@ -408,14 +413,14 @@ class CaptureReader:
                     icmp_id = embedded = mtu = None
                     if f[10] is not None:
                         icmp_id, embedded, mtu = icmp_details(l3, f)
-                    append(make(wall - wall_offset, wall, seq, iface, direction, f[0], f[5],
-                                f[1], f[2], f[8], f[9], f[10], f[11], f[12], f[3], wlen, vlan,
-                                icmp_id, embedded, mtu))
+                    append((wall - wall_offset, wall, seq, iface, direction, f[0], f[5],
+                            f[1], f[2], f[8], f[9], f[10], f[11], f[12], f[3], wlen, vlan,
+                            icmp_id, embedded, mtu))
                     decoded += 1
                 else:
                     not_ip += 1
             else:
-                event = decode_packet(frame, link, ts=wall - wall_offset,
+                event = decode_fields(frame, link, ts=wall - wall_offset,
                                       wall=wall, seq=seq, iface=iface, direction=direction,
                                       frame_len=wlen, vlan=vlan)
                 if event is not None:
@@ -431,11 +436,11 @@ class CaptureReader:
             self._skipped += skipped
             self.last_skip = time.monotonic()
 
-    def _read_recv(self, max_packets: int) -> list[PacketEvent]:
+    def _read_recv(self, max_packets: int) -> list[PacketFields]:
         sock = self._sock
         buf = self._buf
         recv = sock.recvfrom_into
-        out: list[PacketEvent] = []
+        out: list[PacketFields] = []
         snap = self._raw_snap
         raw, mask = self._raw, self._raw_mask
         pcap = self.pcap
@@ -461,7 +466,7 @@ class CaptureReader:
             raw[seq & mask] = (seq, frame, n, link)
             if pcap is not None:
                 pcap.write(now + wall_offset, frame, n, link)
-            event = decode_packet(frame, link, ts=now, wall=now + wall_offset, seq=seq,
+            event = decode_fields(frame, link, ts=now, wall=now + wall_offset, seq=seq,
                                   iface=addr[0], direction="out" if addr[2] == PACKET_OUTGOING
                                   else "in", frame_len=n)
             if event is None:
