@@ -28,8 +28,10 @@ from fwtop.core.correlate import Attribution, Correlator, packet_of
 from fwtop.core.droplog import DropLog
 from fwtop.core.evaluator import NetContext, Packet
 from fwtop.core.events import DropEvent, SourceStats
+from fwtop.core.tempallow import AllowRequest
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
+from fwtop.service.journal import Record
 from fwtop.service.rules import RulesView
 from fwtop.ui.conntrack import (
     ConntrackBreakdownRequested,
@@ -54,6 +56,7 @@ from fwtop.ui.render_drops import (
     summary_segments,
 )
 from fwtop.ui.screens import ExplainScreen, HelpScreen
+from fwtop.ui.tempallow import AllowScreen, TempScreen, countdown
 from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
 
 RENDER_HZ = 10.0
@@ -154,7 +157,11 @@ class FwtopApp(App[None]):
                 tooltip="Pause/resume the display; polling continues"),
         Binding("s", "toggle_sort", "Sort", id="sort",
                 tooltip="Busiest rules first / chain order"),
-        Binding("r", "refresh", "Refresh", id="refresh", tooltip="Poll now"),
+        Binding("f5", "refresh", "Refresh", id="refresh", tooltip="Poll now"),
+        Binding("a", "allow_drop", "Allow", id="allow",
+                tooltip="Open the selected drop's flow for a while (the kernel closes it)"),
+        Binding("r", "temp_rules", "Temp rules", id="temp",
+                tooltip="Active temporary rules: revert, extend"),
         Binding("slash", "filter", "Filter", id="filter", key_display="/",
                 tooltip="Filter rules by text, comment or chain"),
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
@@ -177,8 +184,14 @@ class FwtopApp(App[None]):
                  drops_factory: DropsFactory | None = None,
                  net_factory: Callable[[], NetContext] | None = None,
                  netns: NetNamespace | None = None,
-                 conntrack_factory: ConntrackFactory | None = None) -> None:
+                 conntrack_factory: ConntrackFactory | None = None,
+                 edits_enabled: bool = False) -> None:
         super().__init__()
+        # Writing to the firewall (allow, revert) only against a real namespace or host, never
+        # from an app fed by fakes (tests).
+        self._edits_enabled = edits_enabled
+        self.temp_records: list[Record] = []
+        self._warned: set[str] = set()
         self._conntrack_factory = conntrack_factory
         self._ct: ConntrackHandle | None = None
         self._netns = netns
@@ -270,6 +283,9 @@ class FwtopApp(App[None]):
                 self._on_error(f"drop readers did not start: {type(exc).__name__}: {exc}")
         else:
             self._q("#drops-pane").display = False
+        if self._edits_enabled:
+            self._poll_temp()
+            self.set_interval(1.0, self._poll_temp)
         if self._conntrack_factory is not None:
             self._ct = self._conntrack_factory(
                 lambda view: self._post(ConntrackUpdated(view)), self._on_error)
@@ -435,6 +451,100 @@ class FwtopApp(App[None]):
         if event.data_table.id == "drops":
             self._show_drop_detail()
 
+    # --- temporary allows ----------------------------------------------------------------
+
+    @property
+    def _netns_name(self) -> str | None:
+        return self._netns.name if self._netns is not None else None
+
+    def _poll_temp(self) -> None:
+        """Active temporary rules for the status line; a warning 30 s before each expires."""
+        from fwtop.service.tempallow import active
+
+        try:
+            records = [r for r in active() if r.netns == self._netns_name]
+        except Exception:  # an unreadable journal must not stop the display
+            records = []
+        self.temp_records = records
+        now = time.time()
+        for r in records:
+            if r.expires_at - now <= 30 and r.id not in self._warned:
+                self._warned.add(r.id)
+                self.notify(f"temporary rule {r.id} closes in {int(r.expires_at - now)} s "
+                            "(r to extend)", severity="warning", timeout=10)
+        try:
+            self._show_status()
+        except NoMatches:
+            pass
+
+    def _allow_request(self, e: DropEvent, ttl: int) -> AllowRequest:
+        from fwtop.core.tempallow import AllowRequest
+
+        hook = e.hook if e.hook in ("input", "forward") else None
+        return AllowRequest(proto=e.proto or "", src=e.src, dst=e.dst,
+                            dport=e.dport if e.proto in ("tcp", "udp", "sctp") else None,
+                            iif=e.iif, ttl=ttl, hook=hook)
+
+    def action_allow_drop(self) -> None:
+        e = self.drops_table.selected
+        if e is None or e.src is None or e.proto is None:
+            self.notify("Select a drop first (one that carries its addresses).", timeout=3)
+            return
+        if not self._edits_enabled:
+            self.notify("Allowing needs the real firewall (not available here).", timeout=3)
+            return
+        netns = self._netns_name
+
+        def preview(ttl: int) -> str:
+            from fwtop.service import tempallow
+
+            prev = tempallow.preview(self._allow_request(e, ttl), netns)
+            plan = prev.plan
+            where = f"before #{plan.before.position}" if plan.before else "at the end"
+            return "\n".join([
+                f"dropped now by {tempallow._decider(prev.verdict)}",
+                f"fwtop will add, in {plan.backend} {plan.family} {plan.table} {plan.chain} "
+                f"{where}, expiring in {plan.ttl} s (the kernel enforces it):",
+                *[f"  {c}" for c in plan.commands()],
+                "", "enter: apply · esc: cancel"])
+
+        def apply(ttl: int) -> str:
+            from fwtop.service import tempallow
+
+            prev = tempallow.preview(self._allow_request(e, ttl), netns)
+            done = tempallow.apply(prev, netns)
+            self.call_from_thread(self._poll_temp)
+            text = (f"allowed for {ttl} s: id {done.record.id} "
+                    f"(r: revert or extend it)")
+            if done.still_dropped:
+                text += f"\nwarning: still dropped: {done.still_dropped}"
+            return text + "\n\nenter/esc: close"
+
+        self.push_screen(AllowScreen(flow_text(e), preview, apply))
+
+    def action_temp_rules(self) -> None:
+        from fwtop.service import tempallow
+
+        netns = self._netns_name
+
+        def records() -> list[Record]:
+            return [r for r in tempallow.active() if r.netns == netns]
+
+        def revert(allow_id: str) -> str:
+            r = tempallow.revert(allow_id)
+            return f"reverted {r.id} ({r.note})"
+
+        def extend(allow_id: str, seconds: int) -> str:
+            r = tempallow.extend(allow_id, seconds)
+            self._warned.discard(allow_id)
+            return f"{r.id} now closes in {int(r.expires_at - time.time())} s"
+
+        if not self._edits_enabled:
+            self.notify("Temporary rules need the real firewall (not available here).",
+                        timeout=3)
+            return
+        self.push_screen(TempScreen(records, revert, extend))
+
     def action_trace_drop(self) -> None:
         e = self.drops_table.selected
         ev = self.correlator.evaluator
@@ -591,6 +701,10 @@ class FwtopApp(App[None]):
         if self.needle:
             shown = sum(1 for k in self.table.row_keys if not k.startswith("chain|"))
             note += f"  ·  filter {self.needle!r}: {shown} rules"
+        if self.temp_records:
+            now = time.time()
+            note += "  ·  temp: " + ", ".join(
+                f"{r.id} {countdown(r.expires_at - now)}" for r in self.temp_records[:4])
         self._q(StatusLine).show(status_segments(errors, warnings, note),
                                         error=bool(errors))
 
@@ -717,7 +831,7 @@ def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: boo
         conntrack_factory = default_conntrack_factory(netns)
     return FwtopApp(factory, netns_name=netns.name if netns is not None else "host", lab=lab,
                     drops_factory=drops_factory, net_factory=net_factory, netns=netns,
-                    conntrack_factory=conntrack_factory)
+                    conntrack_factory=conntrack_factory, edits_enabled=monitor_factory is None)
 
 
 def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:

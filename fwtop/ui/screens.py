@@ -27,6 +27,12 @@ row lights up.
 
 ## Panes
 
+* **Drops**: every packet the firewall logged or dropped, newest first: NFLOG, kernel LOG lines,
+  and on the host the drop-reason tracepoint (policy drops nobody logs). The **rule** column
+  names the rule or chain policy that dropped it (a `?` means fwtop is not certain: enter
+  says why); the title counts what each source received and lost, and the pane says which
+  sources are off and why (e.g. LOG lines of a namespace need `nf_log_all_netns=1`).
+
 * **Header**: host, network namespace (`host` = fwtop's own), the firewall backends found
   (✓ read, – readable but empty, ✗ off: hover the header for the reason), the number of rules,
   and what one poll costs fwtop in CPU. `PAUSED` and `LAB` show when they apply.
@@ -55,10 +61,16 @@ A bold row matched packets during the last poll: red for drop/reject, green for 
 | key | action |
 |---|---|
 | `q` | quit |
-| `p` | pause / resume the display (polling continues; resume shows the newest data) |
+| `1`, `2`, `tab` | the Drops pane, the Rules pane |
+| `enter`, `e` | explain the selected drop: its rule, the path it took, the classic mistake |
+| `t` | have the kernel trace the selected drop's flow (nftrace) and compare with fwtop |
+| `a` | allow the selected drop's flow for a while: shows the exact change, asks a TTL; the kernel closes it at the deadline even if fwtop dies |
+| `r` | temporary rules: countdowns, revert, extend |
+| `c` | conntrack: how full, how fast, who fills it |
+| `p` | pause / resume the display (collection continues; resume shows the newest data) |
 | `s` | sort: busiest first (packets per second) / chain order |
-| `r` | refresh now (poll without waiting for the interval) |
-| `/` | filter rules by text, comment, chain or table; Enter keeps it, Esc clears it |
+| `F5` | refresh now (poll without waiting for the interval) |
+| `/` | filter the focused pane (words that must all appear); Enter keeps it, Esc clears it |
 | `?`, `F1` | this help |
 | ↑ ↓ PgUp PgDn | move in the table; the cursor stays on its rule as counters change |
 | `ctrl+p` | command palette (every action above) |

@@ -397,7 +397,7 @@ async def test_refresh_asks_the_monitor_and_q_quits() -> None:
     v = Views()
     app, made = make_app(v.next({}))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("r")
+        await pilot.press("f5")
         assert made[0].polls_requested == 1
         await pilot.press("q")
         await pilot.pause()

@@ -1,0 +1,68 @@
+"""Real kernel: `a` on a drop opens its flow (the exact change shown first), the status line
+counts down, `r` lists it and reverts it; checked against real packets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fwtop.firewall.netns import resolve
+from fwtop.ui.app import build_app
+from fwtop.ui.tempallow import AllowScreen, TempScreen
+from tests.conftest import Namespaces, needs, ns_run
+from tests.kernel.explain_harness import send, topology
+
+pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-restore")]
+
+PORT = 7600
+
+
+async def test_allow_a_drop_then_revert_it(namespaces: Namespaces, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FWTOP_STATE_DIR", str(tmp_path / "state"))
+    top = topology(namespaces)
+    ns_run(top.fw, "iptables-nft-restore", input="*filter\n:INPUT DROP [0:0]\n"
+           "-A INPUT -j NFLOG --nflog-prefix ui-drop --nflog-group 31\nCOMMIT\n")
+    app = build_app(netns=resolve(top.fw), interval=0.5)
+    async with app.run_test(size=(160, 45)) as pilot:
+        async def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not cond():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await pilot.pause(0.05)
+
+        await until(lambda: app.shown is not None, "the first poll")
+        await until(lambda: any(s.source == "nflog" and s.running for s in app.drop_stats),
+                    "the NFLOG reader")
+        assert send(top, "udp", top.fw_ip, PORT, 47001, listen_ns=top.fw,
+                    wait=0.3).outcome == "none"
+        await until(lambda: app.drops_table.row_count >= 1, "the drop")
+        await pilot.press("1", "a")
+        await until(lambda: isinstance(app.screen, AllowScreen), "the allow dialog")
+        screen = app.screen
+        assert isinstance(screen, AllowScreen)
+        await until(lambda: "fwtop will add" in screen.text, "the preview")
+        assert "-m time --datestop" in screen.text and "--dport 7600" in screen.text
+        assert "fwtop:" in screen.text
+        await pilot.press("enter")  # the default TTL, 300 s
+        await until(lambda: "allowed for 300 s" in screen.text, "the allow")
+        assert send(top, "udp", top.fw_ip, PORT, 47002, listen_ns=top.fw,
+                    wait=1.0).outcome == "got"
+        await pilot.press("escape")
+        await until(lambda: len(app.temp_records) == 1, "the status line countdown")
+        assert "temp: " in str(app.query_one("#status").render())
+
+        await pilot.press("r")
+        await until(lambda: isinstance(app.screen, TempScreen), "the temp screen")
+        temp = app.screen
+        assert isinstance(temp, TempScreen)
+        await until(lambda: len(temp.shown) == 1, "the rule listed")
+        await pilot.press("r")
+        await until(lambda: "fwtop:" not in ns_run(top.fw, "iptables-nft-save").stdout,
+                    "the revert")
+        assert send(top, "udp", top.fw_ip, PORT, 47003, listen_ns=top.fw,
+                    wait=0.3).outcome == "none"
+        await pilot.press("escape")
