@@ -9,11 +9,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fwtop.core.evaluator import Packet
 from fwtop.firewall import FirewallError, load_ruleset, require_root
 from fwtop.firewall.libnft import NftError
 from fwtop.firewall.netns import NetnsError, enter, resolve
+
+if TYPE_CHECKING:
+    from fwtop.service.watch import CaptureOptions
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
@@ -134,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_watch.add_argument("--conntrack-events", action="store_true",
                          help="listen to conntrack new/destroy events for new_per_s and "
                               "destroy_per_s (makes the kernel send one message per connection)")
+    p_watch.add_argument("--packets", action="store_true",
+                         help="also capture packets: packet lines and flow lines (unanswered, "
+                              "refused, rejected, established, ...)")
+    # SUPPRESS: when not given here, the top-level --iface / --capture-filter still count.
+    p_watch.add_argument("--capture-filter", metavar="EXPR", default=argparse.SUPPRESS,
+                         help="tcpdump-style filter for --packets (compiled by tcpdump -ddd)")
+    p_watch.add_argument("--iface", metavar="IF", default=argparse.SUPPRESS,
+                         help="capture on this interface only (default: every interface)")
+    p_watch.add_argument("--pcap", metavar="FILE",
+                         help="with --packets: also write every captured packet to FILE")
+    p_watch.add_argument("--flow-timeout", type=float, default=3.0, metavar="S",
+                         help="with --packets: seconds a SYN, datagram or echo waits for its "
+                              "answer before its flow is unanswered (default 3)")
     return parser
 
 
@@ -365,13 +382,37 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise CliError("--conntrack-interval must be 0 (off) or a positive number of seconds")
     if args.conntrack_breakdown is not None and args.conntrack_breakdown <= 0:
         raise CliError("--conntrack-breakdown must be a positive number of seconds")
+    packets = _capture_options(args)
     ns = resolve(args.netns)
     if ns is not None:
         enter(ns)
     return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval,
                  conntrack_interval=args.conntrack_interval or None,
                  conntrack_breakdown=args.conntrack_breakdown,
-                 conntrack_events=args.conntrack_events)
+                 conntrack_events=args.conntrack_events, packets=packets)
+
+
+def _capture_options(args: argparse.Namespace) -> CaptureOptions | None:
+    """watch's --packets options, checked (a bad filter is a one-line error here)."""
+    from fwtop.service.watch import CaptureOptions
+
+    if not args.packets:
+        if args.pcap or getattr(args, "capture_filter", None) is not None:
+            raise CliError("--pcap and --capture-filter need --packets")
+        return None
+    if not 0 < args.flow_timeout <= 3600:
+        raise CliError("--flow-timeout must be a positive number of seconds (at most 3600)")
+    expr = getattr(args, "capture_filter", None)
+    if expr is not None:
+        from fwtop.sources.capture import CaptureError, compile_filter
+
+        try:
+            compile_filter(expr)
+        except CaptureError as exc:
+            raise CliError(str(exc)) from None
+    return CaptureOptions(iface=getattr(args, "iface", None), capture_filter=expr,
+                          pcap_path=args.pcap, flow_timeout=args.flow_timeout)
+
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

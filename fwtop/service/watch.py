@@ -8,6 +8,15 @@ Every conntrack interval a `{"type": "conntrack", "ts", "count", "max", "fill", 
 "eta_full_s", "stats": {...}, ...}` line (ConntrackView.to_json) follows the table; with a
 breakdown interval, `{"type": "conntrack_breakdown", ...}` lines say what fills it. The first
 line is always the first stats line, the last one the final stats line.
+
+With `packets`, the packet capture runs too: `{"type": "packet", "ts", "iface", "dir", "proto",
+"src", "dst", "sport", "dport", "tcp_flags", "len", ...}` lines (PacketEvent.to_json; an even
+sample of at most 2,000 per 200 ms, the rest counted as `shed` in the capture's stats entry) and
+`{"type": "flow", "ts", "proto", "src", "dst", "sport", "dport", "state", "reason",
+"listener": {"pid", "name"} | null, ...}` lines (FlowEvent.to_json) when a flow's state is
+decided. The stats lines then carry a `{"source": "capture", "received", "decoded", "skipped",
+"kernel_packets", "kernel_drops", "shed", ...}` entry; the first stats line is written once the
+capture socket is open too.
 """
 
 from __future__ import annotations
@@ -16,20 +25,51 @@ import json
 import signal
 import threading
 import time
-from typing import TextIO
+from dataclasses import dataclass
+from typing import Any, TextIO
 
+from fwtop.core.capture_events import CaptureStats
 from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Correlator
 from fwtop.core.evaluator import NetContext
 from fwtop.core.events import DropEvent, SourceStats
 from fwtop.firewall.netns import NetNamespace
+from fwtop.service.capture import CaptureBatch, CaptureConfig, CaptureStream
 from fwtop.service.conntrack import ConntrackMonitor
 from fwtop.service.drops import DropBatch, DropSources, DropStream
 
+# Capture lines that arrive before the first stats line are held, at most this many.
+_HOLD_MAX = 20_000
 
-def _stats_line(stats: tuple[SourceStats, ...], shed: int) -> str:
-    return json.dumps({"type": "stats", "ts": round(time.time(), 6),
-                       "sources": [s.to_json() for s in stats], "shed": shed})
+
+@dataclass(frozen=True, slots=True)
+class CaptureOptions:
+    """`fwtop watch --packets`: what to capture (see CaptureConfig)."""
+
+    iface: str | None = None
+    capture_filter: str | None = None
+    pcap_path: str | None = None
+    flow_timeout: float = 3.0
+
+
+def _capture_json(stats: CaptureStats, batch: CaptureBatch | None, shed: int,
+                  flows_shed: int) -> dict[str, Any]:
+    data = stats.to_json()
+    data.update({"shed": shed, "flows_shed": flows_shed})
+    if batch is not None:
+        fs = batch.flow_stats
+        data.update({"flows": fs.flows, "flows_pending": fs.pending,
+                     "flows_evicted": fs.evicted, "pcap_written": batch.pcap_written})
+    return data
+
+
+def _stats_line(stats: tuple[SourceStats, ...], shed: int,
+                capture: dict[str, Any] | None = None) -> str:
+    sources = [s.to_json() for s in stats]
+    if capture is not None:
+        sources.append(capture)
+    return json.dumps({"type": "stats", "ts": round(time.time(), 6), "sources": sources,
+                       "shed": shed})
 
 
 def _error_line(message: str) -> str:
@@ -81,11 +121,12 @@ class Attributor:
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
           duration: float | None, stats_interval: float = 1.0,
           conntrack_interval: float | None = 1.0,
-          conntrack_breakdown: float | None = None, conntrack_events: bool = False) -> int:
+          conntrack_breakdown: float | None = None, conntrack_events: bool = False,
+          packets: CaptureOptions | None = None) -> int:
     """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code.
     `conntrack_interval` None turns the conntrack lines off; `conntrack_breakdown` (seconds)
     adds a breakdown line that often; `conntrack_events` listens to NEW/DESTROY events for
-    new_per_s / destroy_per_s."""
+    new_per_s / destroy_per_s; `packets` adds the packet capture's packet and flow lines."""
     # NFLOG groups the ruleset uses plus any asked for, LOG lines narrowed to the namespace's
     # interfaces: both worked out by the reader thread inside the namespace.
     cfg = DropSources(groups=None, extra_groups=extra_groups, netns=netns)
@@ -108,6 +149,35 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
             done.set()
 
     attributor = Attributor()
+    # The capture's latest stats entry and the lines it sent before the first stats line.
+    capture_json: list[dict[str, Any] | None] = [None]
+    held_capture: list[str] = []
+    capture_ready = threading.Event()
+    capture_failed: list[str] = []
+
+    def capture_entry() -> dict[str, Any] | None:
+        return capture_json[0]
+
+    def on_capture(batch: CaptureBatch) -> None:
+        # On the capture thread, inside the namespace; the flow lines are already annotated.
+        lines = [json.dumps(p.to_json()) for p in batch.packets]
+        lines.extend(json.dumps(f.to_json()) for f in batch.flows)
+        assert capture is not None
+        with lock:
+            capture_json[0] = _capture_json(batch.stats, batch, capture.shed,
+                                            capture.flows_shed)
+            capture_ready.set()
+            if not started[0]:
+                room = _HOLD_MAX - len(held_capture)
+                held_capture.extend(lines[:max(0, room)])
+                return
+            if lines:
+                write("\n".join(lines) + "\n")
+
+    def on_capture_error(message: str) -> None:
+        capture_failed.append(message)
+        capture_ready.set()
+        on_error(message)
 
     def on_batch(batch: DropBatch) -> None:
         # On the drop stream's thread, inside the namespace: the ruleset read here is the
@@ -120,11 +190,11 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
             lines.append(json.dumps(data))
         latest[0] = batch.stats
         now = time.monotonic()
-        if now - last_stats[0] >= stats_interval:
-            lines.append(_stats_line(batch.stats, stream.shed))
-            last_stats[0] = now
-        if lines:
-            with lock:
+        with lock:
+            if now - last_stats[0] >= stats_interval:
+                lines.append(_stats_line(batch.stats, stream.shed, capture_entry()))
+                last_stats[0] = now
+            if lines:
                 write("\n".join(lines) + "\n")
                 if not started[0]:
                     started[0] = True
@@ -133,6 +203,9 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
                     for view in held:
                         write(_conntrack_lines(view))
                     held.clear()
+                    if held_capture:
+                        write("\n".join(held_capture) + "\n")
+                        held_capture.clear()
 
     def on_view(view: ConntrackView) -> None:
         with lock:
@@ -163,7 +236,18 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
                                      breakdown_every=conntrack_breakdown, kmsg=True,
                                      events=conntrack_events)
     stream = DropStream(cfg, on_batch, on_error)
+    capture: CaptureStream | None = None
+    if packets is not None:
+        capture = CaptureStream(
+            CaptureConfig(netns=netns, iface=packets.iface,
+                          capture_filter=packets.capture_filter, timeout=packets.flow_timeout,
+                          pcap_path=packets.pcap_path),
+            on_capture, on_capture_error)
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
+    if capture is not None:
+        # The first stats line says the capture socket is open: start it first.
+        capture.start()
+        capture_ready.wait(10.0)
     stream.start()
     if conntrack is not None:
         conntrack.start()
@@ -174,8 +258,14 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
     finally:
         if conntrack is not None:
             conntrack.stop()
+        if capture is not None:
+            capture.stop()  # its last batch (flows decided so far, final counts) comes first
         stream.stop()
         signal.signal(signal.SIGTERM, previous)
     with lock:
-        write(_stats_line(latest[0], stream.shed) + "\n")
+        if not started[0] and held_capture:
+            write("\n".join(held_capture) + "\n")
+        write(_stats_line(latest[0], stream.shed, capture_entry()) + "\n")
+    if packets is not None and capture_failed and capture_json[0] is None:
+        return 1  # asked for packets and the capture never ran
     return 1 if failed and not any(s.running for s in latest[0]) else 0
