@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lab", action="store_true",
                         help="bring up the built-in lab (a broken firewall in throwaway "
                              "namespaces) and open the TUI on it")
+    parser.add_argument("--theme", choices=["dark", "light"], default="dark",
+                        help="colour theme (also in the command palette, ctrl+p)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S",
                         help="counter poll interval in seconds (default 1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -118,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long to wait for packets (default 10)")
     p_trace.add_argument("--count", type=int, default=1, help="packets to trace (default 1)")
     p_trace.add_argument("--json", action="store_true", help="JSON output")
+    p_exporter = sub.add_parser(
+        "exporter", help="serve Prometheus metrics: rule counters, drops, conntrack",
+        description="Serve /metrics for Prometheus: per-rule packet/byte counters, drops by "
+                    "source and attributed rule, drop-source health and losses, conntrack "
+                    "fill and statistics. The HTTP server listens in fwtop's own namespace; "
+                    "the readers watch --netns. Runs until SIGTERM or SIGINT.")
+    _add_netns(p_exporter)
+    p_exporter.add_argument("--listen", required=True, metavar="HOST:PORT",
+                            help="address to serve on, e.g. 127.0.0.1:9630, [::1]:9630, :9630")
+    p_exporter.add_argument("--interval", type=float, default=1.0, metavar="S",
+                            help="seconds between rule counter and conntrack reads (default 1)")
+    p_exporter.add_argument("--nflog-group", type=int, action="append", default=[],
+                            metavar="N", help="also listen on this NFLOG group (groups used by "
+                                              "the ruleset are found automatically)")
     p_watch = sub.add_parser("watch", help="headless event stream as JSON lines")
     _add_netns(p_watch)
     p_watch.add_argument("--json", action="store_true", required=True,
@@ -414,7 +430,6 @@ def _capture_options(args: argparse.Namespace) -> CaptureOptions | None:
                           pcap_path=args.pcap, flow_timeout=args.flow_timeout)
 
 
-
 def cmd_lab(args: argparse.Namespace) -> int:
     from fwtop import lab
 
@@ -429,6 +444,28 @@ def cmd_lab(args: argparse.Namespace) -> int:
     else:
         print("up" if lab.is_up(prefix) else "down")
     return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from fwtop.service.exporter import ListenError, parse_listen, serve
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ListenError as exc:
+        raise CliError(str(exc)) from None
+    if not 0.1 <= args.interval <= 3600:
+        raise CliError("--interval must be from 0.1 to 3600 seconds")
+    for group in args.nflog_group:
+        if not 0 <= group <= 65535:
+            raise CliError(f"--nflog-group {group}: NFLOG groups are 0-65535")
+    require_root()
+    # Not entered here: the HTTP server must listen in fwtop's own namespace; every reader
+    # enters --netns on its own thread.
+    ns = resolve(args.netns)
+    try:
+        return serve(host, port, ns, interval=args.interval, nflog_groups=args.nflog_group)
+    except ListenError as exc:  # the address cannot be bound (in use, not local, unknown)
+        raise CliError(str(exc)) from None
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -448,7 +485,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         ns = resolve(netns)
         from fwtop.ui.app import run_app
 
-        run_app(netns=ns, interval=args.interval, lab=args.lab)
+        run_app(netns=ns, interval=args.interval, lab=args.lab, theme=args.theme)
     finally:
         if created_lab:
             lab.down(lab.DEFAULT_PREFIX)
@@ -461,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, "explain": cmd_explain,
                 "allow": cmd_allow, "temp": cmd_temp,
                 "trace": cmd_trace,
+                "exporter": cmd_exporter,
                 None: cmd_tui}
     try:
         if args.command not in ("lab",):

@@ -190,6 +190,7 @@ class FwtopApp(App[None]):
         # Writing to the firewall (allow, revert) only against a real namespace or host, never
         # from an app fed by fakes (tests).
         self._edits_enabled = edits_enabled
+        self.clock: Callable[[], float] = time.time  # wall clock for display (tests pin it)
         self.temp_records: list[Record] = []
         self._warned: set[str] = set()
         self._conntrack_factory = conntrack_factory
@@ -697,7 +698,8 @@ class FwtopApp(App[None]):
             warnings += view.ruleset.warnings
         note = ""
         if view is not None:
-            note = f"updated {time.strftime('%H:%M:%S')}  ·  {view.reloads} reloads"
+            stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+            note = f"updated {stamp}  ·  {view.reloads} reloads"
         if self.needle:
             shown = sum(1 for k in self.table.row_keys if not k.startswith("chain|"))
             note += f"  ·  filter {self.needle!r}: {shown} rules"
@@ -845,5 +847,7 @@ def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:
 
 
 def run_app(netns: NetNamespace | None, interval: float = 1.0, lab: bool = False,
-            nflog_groups: tuple[int, ...] = ()) -> None:
-    build_app(netns=netns, interval=interval, lab=lab, nflog_groups=nflog_groups).run()
+            nflog_groups: tuple[int, ...] = (), theme: str = "dark") -> None:
+    app = build_app(netns=netns, interval=interval, lab=lab, nflog_groups=nflog_groups)
+    app.theme = "textual-light" if theme == "light" else "textual-dark"
+    app.run()
