@@ -64,7 +64,7 @@ A bold row matched packets during the last poll: red for drop/reject, green for 
 | `1`, `2`, `tab` | the Drops pane, the Rules pane |
 | `enter`, `e` | explain the selected drop: its rule, the path it took, the classic mistake |
 | `t` | have the kernel trace the selected drop's flow (nftrace) and compare with fwtop |
-| `a` | allow the selected drop's flow for a while: shows the exact change, asks a TTL; the kernel closes it at the deadline even if fwtop dies |
+| `a` | allow the selected drop's flow for a TTL (the change is shown first); the kernel closes it |
 | `r` | temporary rules: countdowns, revert, extend |
 | `c` | conntrack: how full, how fast, who fills it |
 | `p` | pause / resume the display (collection continues; resume shows the newest data) |
