@@ -125,6 +125,33 @@ def attribute(ev: Evaluator, event: DropEvent, net: NetContext | None = None) ->
                        v.rule if decided else None, v.policy if decided else None)
 
 
+def attribute_by_counters(ruleset: Ruleset, moved: dict[str, int],
+                          event: DropEvent) -> Attribution | None:
+    """For a drop that carries no addresses (the drop-reason tracepoint): the drop/reject rules
+    and drop policies whose counters moved in the same tick. One of them is a good guess,
+    never a certain answer; several are listed."""
+    candidates: list[tuple[str, str, Rule | None, Policy | None]] = []
+    for rule in ruleset.rules():
+        if rule.verdict in ("drop", "reject") and moved.get(rule.key, 0) > 0:
+            label = f"{_where(rule.backend, rule.table, rule.chain)} #{rule.position}"
+            candidates.append((rule.key, label, rule, None))
+    for p in ruleset.policies():
+        if p.verdict == "drop" and moved.get(p.key, 0) > 0:
+            candidates.append((p.key, f"{_where(p.backend, p.table, p.chain)} policy", None, p))
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        key, label, only_rule, only_policy = candidates[0]
+        return Attribution("drop", key, label + "?", "counter", False,
+                           f"probably {label}: the only dropping rule or policy whose counter "
+                           f"moved in the same tick ({event.reason or 'no addresses'})",
+                           only_rule, only_policy)
+    labels = ", ".join(c[1] for c in candidates[:3])
+    return Attribution("drop", None, f"{len(candidates)} candidates?", "counter", False,
+                       f"one of {labels}{'…' if len(candidates) > 3 else ''}: their counters "
+                       "moved in the same tick", None, None)
+
+
 class Correlator:
     """Attribution with a per-flow cache for one ruleset; rebuilt when the ruleset changes."""
 

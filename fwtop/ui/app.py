@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from fwtop.core.conntrack import ConntrackView
-from fwtop.core.correlate import Attribution, Correlator, packet_of
+from fwtop.core.correlate import Attribution, Correlator, attribute_by_counters, packet_of
 from fwtop.core.droplog import DropLog
 from fwtop.core.evaluator import NetContext, Packet
 from fwtop.core.events import DropEvent, SourceStats
@@ -400,7 +400,12 @@ class FwtopApp(App[None]):
         return self._net
 
     def attribution(self, event: DropEvent) -> Attribution | None:
-        return self.correlator.attribute(event, self._net_context())
+        a = self.correlator.attribute(event, self._net_context())
+        if (a is None or a.label == "?") and event.src is None and self.shown is not None:
+            # No addresses (the drop-reason tracepoint): the counters that moved this tick.
+            moved = {k: r.packets for k, r in self.shown.rates.items() if r.packets}
+            return attribute_by_counters(self.shown.ruleset, moved, event) or a
+        return a
 
     def _rule_cell(self, event: DropEvent) -> Cell:
         a = self.attribution(event)

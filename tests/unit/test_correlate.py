@@ -73,3 +73,20 @@ def test_cache_ignores_source_ports_unless_a_rule_uses_them() -> None:
     for sport in range(10):
         c.attribute(event(5432, sport=sport), NET)
     assert c.misses == 11
+
+
+def test_a_drop_without_addresses_is_guessed_from_the_counters_that_moved() -> None:
+    from fwtop.core.correlate import attribute_by_counters
+
+    rs = ruleset(RULES)
+    rule = rs.rules()[0]
+    policy = rs.policies()[0]
+    e = DropEvent("tracepoint", 0.0, 0.0, reason="NETFILTER_DROP")
+    one = attribute_by_counters(rs, {rule.key: 3}, e)
+    assert one is not None and (one.label, one.how, one.certain) == ("INPUT #1?", "counter",
+                                                                      False)
+    two = attribute_by_counters(rs, {rule.key: 3, policy.key: 1}, e)
+    assert two is not None and two.key is None and two.label == "2 candidates?"
+    assert attribute_by_counters(rs, {}, e) is None
+    # a log rule's counter moving is no candidate
+    assert attribute_by_counters(rs, {rs.rules()[1].key: 5}, e) is None
