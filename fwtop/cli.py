@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_allow.add_argument("--yes", action="store_true", help="apply without asking")
     p_allow.add_argument("--json", action="store_true", help="JSON output (implies --yes)")
     p_temp = sub.add_parser("temp", help="list, extend or revert temporary allows")
-    p_temp.add_argument("action", choices=["list", "extend", "revert"])
+    p_temp.add_argument("action", choices=["list", "extend", "revert", "permanent"],
+                        help="permanent: print the persistent form of a temporary allow "
+                             "(nothing is written)")
     p_temp.add_argument("id", nargs="?", help="the allow's id (extend, revert)")
     p_temp.add_argument("seconds", nargs="?", type=int, help="new TTL from now (extend)")
     p_temp.add_argument("--json", action="store_true", help="JSON output")
@@ -324,6 +326,23 @@ def cmd_temp(args: argparse.Namespace) -> int:
                 left = max(0, int(r.expires_at - time.time()))
                 print(f"{r.id}  {left:>5} s left  {r.netns or 'host'}  {r.backend} {r.family} "
                       f"{r.table} {r.chain}  {r.text}")
+            return 0
+        if args.action == "permanent":
+            from fwtop.core.tempallow import persistent_form
+
+            match = [r for r in tempallow.active() if r.id == args.id]
+            if not match:
+                raise CliError(f"no active temporary rule {args.id} (see `fwtop temp list`)")
+            r = match[0]
+            lines = persistent_form(r.backend, r.family, r.table, r.chain, r.ipt_argv, r.flow)
+            if args.json:
+                json.dump({"id": r.id, "backend": r.backend, "persistent": lines}, sys.stdout,
+                          indent=1)
+                sys.stdout.write("\n")
+            else:
+                print("\n".join(lines))
+                print("# fwtop writes no persistent file; the temporary rule still expires at "
+                      "its deadline unless you add this")
             return 0
         if args.action == "revert":
             r = tempallow.revert(args.id)

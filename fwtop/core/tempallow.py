@@ -252,3 +252,32 @@ def _ipt_plan(plan: Plan, req: AllowRequest, net: Any, dst: str | None,
     plan.ipt_argv = argv
     plan.ipt_position = plan.before.position if plan.before is not None else None
     plan.text = " ".join(_quote(a) for a in argv)
+
+
+def persistent_form(backend: str, family: str, table: str, chain: str, ipt_argv: list[str],
+                    flow: dict[str, object]) -> list[str]:
+    """The same allow as a permanent rule in the backend's own persistent file syntax (shown,
+    never written: where it goes is the user's decision)."""
+    if backend == "nft":
+        fam = "ip6" if ":" in str(flow.get("src", "")) else "ip"
+        parts = [f"{fam} saddr {flow.get('src')}"]
+        if flow.get("iif"):
+            parts.insert(0, f'iifname "{flow["iif"]}"')
+        parts.append(f"meta l4proto {flow.get('proto')}")
+        if flow.get("dport") is not None:
+            parts.append(f"th dport {flow.get('dport')}")
+        return [f"# in table {family} {table}, chain {chain} (e.g. /etc/nftables.conf):",
+                " ".join(parts) + " accept"]
+    spec: list[str] = []
+    skip = 0
+    for i, arg in enumerate(ipt_argv):
+        if skip:
+            skip -= 1
+            continue
+        if arg == "-m" and i + 1 < len(ipt_argv) and ipt_argv[i + 1] in ("time", "comment"):
+            skip = 3  # -m time --datestop X, -m comment --comment TAG
+            continue
+        spec.append(_quote(arg))
+    where = "/etc/iptables/rules.v6" if family == "ip6" else "/etc/iptables/rules.v4"
+    return [f"# in *{table} of {where} (iptables-save format), before the rule it must pass:",
+            f"-A {chain} " + " ".join(spec)]

@@ -87,3 +87,15 @@ def test_refusals(req: AllowRequest, needle: str) -> None:
 def test_any_source_when_asked_and_cap_configurable() -> None:
     check_request(AllowRequest("tcp", None, dport=80, ttl=60, any_source=True))
     check_request(AllowRequest("tcp", "10.0.0.9", dport=80, ttl=7200), ttl_cap=10_000)
+
+
+def test_persistent_form_drops_the_deadline_and_tag() -> None:
+    from fwtop.core.tempallow import persistent_form
+
+    rs = chain(["-p tcp --dport 8080 -j DROP"])
+    plan = build_plan(REQ, Evaluator(rs).evaluate(PKT, NET), now=0.0, allow_id="0123abcd")
+    lines = persistent_form("iptables-nft", "ip", "filter", "INPUT", plan.ipt_argv, {})
+    assert lines[-1] == "-A INPUT -s 10.0.0.9/32 -d 10.0.0.1 -p tcp -m tcp --dport 8080 -j ACCEPT"
+    nft = persistent_form("nft", "inet", "t", "input", [],
+                          {"src": "10.0.0.9/32", "proto": "tcp", "dport": 8080, "iif": "eth0"})
+    assert nft[-1] == 'iifname "eth0" ip saddr 10.0.0.9/32 meta l4proto tcp th dport 8080 accept'
