@@ -51,5 +51,18 @@ if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
     && echo "mounted tracefs at /sys/kernel/tracing (for the drop-reason tracepoint)" || true
 fi
 
+# promtool checks docs/alerts (--dev): taken out of Debian's prometheus package without
+# installing it, so no Prometheus daemon is set up or started.
+if [ "$dev" = 1 ] && ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null \
+        && dpkg-deb -x prometheus_*.deb root) && [ -x "$tmp/root/usr/bin/promtool" ]; then
+    cp "$tmp/root/usr/bin/promtool" .venv/bin/promtool
+  else
+    echo "install.sh: warning: could not get promtool (Debian package prometheus)" >&2
+  fi
+  rm -rf "$tmp"
+fi
+
 ln -sf "$PWD/.venv/bin/fwtop" /usr/local/bin/fwtop
 echo "fwtop installed: $(command -v fwtop)"
