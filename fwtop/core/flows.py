@@ -136,6 +136,33 @@ def _key(proto: str, src: str, sport: int | None, dst: str,
     return (proto, dst, dport, src, sport)
 
 
+def packet_flow_key(p: PacketEvent) -> tuple[object, ...] | None:
+    """The key of the flow a packet belongs to, the same for both directions (for an ICMP error:
+    the flow of the packet it quotes), as FlowTable keys it; None when it has no flow."""
+    inner = p.embedded
+    if inner is not None:
+        return _flow_key(inner.proto, inner.src, inner.dst, inner.sport, inner.dport,
+                         inner.icmp_id)
+    if p.src is None or p.dst is None:
+        return None
+    return _flow_key(p.proto, p.src, p.dst, p.sport, p.dport, p.icmp_id)
+
+
+def flow_event_key(e: FlowEvent) -> tuple[object, ...] | None:
+    """The key of a decided flow, matching packet_flow_key of its packets."""
+    return _flow_key(e.proto, e.src, e.dst, e.sport, e.dport, e.icmp_id)
+
+
+def _flow_key(proto: str | None, src: str, dst: str, sport: int | None, dport: int | None,
+              icmp_id: int | None) -> tuple[object, ...] | None:
+    if proto in ("tcp", "udp") and sport is not None:
+        return _key(proto, src, sport, dst, dport)
+    if proto in ("icmp", "icmpv6") and icmp_id is not None:
+        lo, hi = (src, dst) if src <= dst else (dst, src)
+        return (proto, lo, hi, icmp_id)
+    return None
+
+
 class FlowTable:
     """Feed every decoded packet to `observe` and call `expire(now)` now and then (every batch);
     `take()` returns the FlowEvents decided since the last call.

@@ -120,9 +120,13 @@ def dissect(raw: bytes, link: str = LINK_ETHERNET) -> str:
         logging.getLogger("scapy").setLevel(logging.ERROR)
         # The inet modules bind IPv4/IPv6, TCP, UDP and ICMP under Ether (scapy.all would too,
         # at four times the import time).
-        importlib.import_module("scapy.layers.inet")
+        inet = importlib.import_module("scapy.layers.inet")
         importlib.import_module("scapy.layers.inet6")
+        from scapy.config import conf
         from scapy.layers.l2 import Ether
+
+        # Port numbers, not /etc/services names: "dport = 8081", never "dport = tproxy".
+        conf.noenum.add(inet.TCP.sport, inet.TCP.dport, inet.UDP.sport, inet.UDP.dport)
     except Exception:  # scapy missing or broken: still useful without it
         return ("(scapy is not installed: fwtop's own decode)\n" + _summary(frame, LINK_ETHERNET)
                 + "\n\n" + hexdump(raw))
