@@ -7,7 +7,6 @@ from python-iptables into the same syntax), so both backends share one set of pr
 from __future__ import annotations
 
 import datetime
-import re
 import shlex
 from dataclasses import dataclass
 
@@ -83,12 +82,31 @@ def _ports(spec: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+# Rulesets repeat a few counter values ([0:0] above all) and a few protocol, port and state
+# matches tens of thousands of times: these values are immutable, so equal ones are shared.
+_MAX_SHARED = 4096
+_shared_counters: dict[str, Counters | None] = {}
+_shared_matches: dict[tuple[object, ...], Match] = {}
+
+
 def _counters(token: str) -> Counters | None:
+    got = _shared_counters.get(token, False)
+    if got is not False:
+        return got  # type: ignore[return-value]
     inner = token.strip("[]")
     p, _, b = inner.partition(":")
-    if p.isdigit() and b.isdigit():
-        return Counters(int(p), int(b))
-    return None
+    result = Counters(int(p), int(b)) if p.isdigit() and b.isdigit() else None
+    if len(_shared_counters) >= _MAX_SHARED:
+        _shared_counters.clear()
+    _shared_counters[token] = result
+    return result
+
+
+def _share(key: tuple[object, ...], match: Match) -> Match:
+    if len(_shared_matches) >= _MAX_SHARED:
+        _shared_matches.clear()
+    _shared_matches[key] = match
+    return match
 
 
 def _utc_seconds(text: str) -> float | None:
@@ -100,6 +118,28 @@ def _utc_seconds(text: str) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()
+
+
+# Options parse_rule_args turns into predicates, by kind; every one of them takes a value.
+_K_PROTO, _K_SRC, _K_DST, _K_IIF, _K_OIF, _K_MODULE, _K_JUMP, _K_GOTO = range(1, 9)
+_K_DPORT, _K_SPORT, _K_STATE, _K_ICMP, _K_SRC_RANGE, _K_DST_RANGE, _K_COMMENT, _K_DATE = (
+    range(9, 17))
+_OPTION_KINDS: dict[str, int] = {
+    "-p": _K_PROTO, "--protocol": _K_PROTO,
+    "-s": _K_SRC, "--source": _K_SRC, "-d": _K_DST, "--destination": _K_DST,
+    "-i": _K_IIF, "--in-interface": _K_IIF, "-o": _K_OIF, "--out-interface": _K_OIF,
+    "-m": _K_MODULE, "--match": _K_MODULE,
+    "-j": _K_JUMP, "--jump": _K_JUMP, "-g": _K_GOTO, "--goto": _K_GOTO,
+    "--dport": _K_DPORT, "--destination-port": _K_DPORT, "--dports": _K_DPORT,
+    "--destination-ports": _K_DPORT, "--ports": _K_DPORT,
+    "--sport": _K_SPORT, "--source-port": _K_SPORT, "--sports": _K_SPORT,
+    "--source-ports": _K_SPORT,
+    "--state": _K_STATE, "--ctstate": _K_STATE,
+    "--icmp-type": _K_ICMP, "--icmpv6-type": _K_ICMP,
+    "--src-range": _K_SRC_RANGE, "--dst-range": _K_DST_RANGE,
+    "--comment": _K_COMMENT,
+    "--datestart": _K_DATE, "--datestop": _K_DATE,  # only after `-m time`
+}
 
 
 def parse_rule_args(
@@ -115,15 +155,12 @@ def parse_rule_args(
     comment: str | None = None
     proto: str | None = None
     module: str | None = None
-    unknown_opts: dict[str, list[str]] = {}
+    unknown_opts: dict[str, list[str]] | None = None
     negate = False
     i = 0
     n = len(tokens)
-
-    def value() -> str:
-        nonlocal i
-        i += 1
-        return tokens[i] if i < n else ""
+    kind_of = _OPTION_KINDS.get
+    shared = _shared_matches
 
     while i < n:
         tok = tokens[i]
@@ -131,86 +168,110 @@ def parse_rule_args(
             negate = True
             i += 1
             continue
-        if tok in ("-p", "--protocol"):
-            proto = value().lower()
-            matches.append(ProtoMatch((proto,), negate))
-        elif tok in ("-s", "--source", "-d", "--destination"):
-            field = "src" if tok in ("-s", "--source") else "dst"
-            matches.append(AddrMatch(field, tuple(value().split(",")), None, negate))
-        elif tok in ("-i", "--in-interface", "-o", "--out-interface"):
-            field_if = "iif" if tok in ("-i", "--in-interface") else "oif"
-            matches.append(IfaceMatch(field_if, (value(),), negate))
-        elif tok in ("-m", "--match"):
-            module = value()
-            if module not in MODELLED_MODULES:
-                unknown_opts.setdefault(module, [])
-        elif tok in ("-j", "--jump", "-g", "--goto"):
-            name = value()
-            rest = tokens[i + 1 :]
-            if name in BUILTIN_VERDICTS:
-                verdict = BUILTIN_VERDICTS[name]
-                target = " ".join([name, *rest]) if rest else None
-            elif name in NAT_TARGETS:
-                verdict = "accept"
-                target = " ".join([name, *rest])
-            elif name not in user_chains and (rest or user_chains or name in EXTENSION_TARGETS):
-                # An extension target (LOG, NFLOG, MARK, ...): it acts and the packet goes on.
-                target = " ".join([name, *rest])
-            else:
-                verdict = "goto" if tok in ("-g", "--goto") else "jump"
-                target = name
-            break
-        elif tok in ("--dport", "--destination-port", "--sport", "--source-port"):
-            field_p = "dport" if tok in ("--dport", "--destination-port") else "sport"
-            matches.append(PortMatch(field_p, _ports(value()), None, proto, negate))
-        elif tok in ("--dports", "--destination-ports", "--sports", "--source-ports", "--ports"):
-            field_p = "sport" if tok in ("--sports", "--source-ports") else "dport"
-            matches.append(PortMatch(field_p, _ports(value()), None, proto, negate))
-        elif tok in ("--state", "--ctstate"):
-            states = tuple(s.lower() for s in value().split(","))
-            matches.append(CtStateMatch(states, negate))
-        elif tok in ("--icmp-type", "--icmpv6-type"):
-            fam = "icmpv6" if tok == "--icmpv6-type" else "icmp"
-            spec = value()
-            type_s, _, code_s = spec.partition("/")
-            num = icmp_type_number(fam, type_s)
-            if num is None:
-                matches.append(UnknownMatch(f"{tok} {spec}"))
-            else:
-                code = int(code_s) if code_s.isdigit() else None
-                matches.append(IcmpMatch(fam, (num,), code, negate))
-        elif tok in ("--src-range", "--dst-range"):
-            field_r = "src" if tok == "--src-range" else "dst"
-            matches.append(AddrMatch(field_r, (value(),), None, negate))
-        elif tok == "--comment":
-            comment = value()
-        elif tok in ("--datestart", "--datestop") and module == "time":
-            when = _utc_seconds(value())
-            if when is None:
-                matches.append(UnknownMatch(f"-m time {tok} {tokens[i]}"))
-            elif tok == "--datestart":
-                matches.append(TimeMatch(start=when, negate=negate))
-            else:
-                matches.append(TimeMatch(stop=when, negate=negate))
+        kind = kind_of(tok, 0)
+        if kind == _K_DATE and module != "time":
+            kind = 0
+        if kind:
+            i += 1
+            val = tokens[i] if i < n else ""
+            if kind == _K_COMMENT:
+                comment = val
+            elif kind == _K_MODULE:
+                module = val
+                if module not in MODELLED_MODULES:
+                    if unknown_opts is None:
+                        unknown_opts = {}
+                    unknown_opts.setdefault(module, [])
+            elif kind == _K_JUMP or kind == _K_GOTO:
+                name = val
+                rest = tokens[i + 1 :]
+                if name in BUILTIN_VERDICTS:
+                    verdict = BUILTIN_VERDICTS[name]
+                    target = " ".join([name, *rest]) if rest else None
+                elif name in NAT_TARGETS:
+                    verdict = "accept"
+                    target = " ".join([name, *rest])
+                elif name not in user_chains and (
+                        rest or user_chains or name in EXTENSION_TARGETS):
+                    # An extension target (LOG, NFLOG, MARK, ...): it acts and the packet goes on.
+                    target = " ".join([name, *rest])
+                else:
+                    verdict = "goto" if kind == _K_GOTO else "jump"
+                    target = name
+                break
+            elif kind == _K_PROTO:
+                proto = val.lower()
+                key: tuple[object, ...] = (kind, proto, negate)
+                m = shared.get(key)
+                matches.append(m if m is not None else _share(key, ProtoMatch((proto,), negate)))
+            elif kind == _K_SRC or kind == _K_DST:
+                matches.append(AddrMatch("src" if kind == _K_SRC else "dst",
+                                         tuple(val.split(",")), None, negate))
+            elif kind == _K_DPORT or kind == _K_SPORT:
+                key = (kind, val, proto, negate)
+                m = shared.get(key)
+                if m is None:
+                    m = _share(key, PortMatch("dport" if kind == _K_DPORT else "sport",
+                                              _ports(val), None, proto, negate))
+                matches.append(m)
+            elif kind == _K_IIF or kind == _K_OIF:
+                key = (kind, val, negate)
+                m = shared.get(key)
+                if m is None:
+                    m = _share(key, IfaceMatch("iif" if kind == _K_IIF else "oif", (val,),
+                                               negate))
+                matches.append(m)
+            elif kind == _K_STATE:
+                key = (kind, val, negate)
+                m = shared.get(key)
+                if m is None:
+                    m = _share(key, CtStateMatch(tuple(s.lower() for s in val.split(",")),
+                                                 negate))
+                matches.append(m)
+            elif kind == _K_ICMP:
+                fam = "icmpv6" if tok == "--icmpv6-type" else "icmp"
+                type_s, _, code_s = val.partition("/")
+                num = icmp_type_number(fam, type_s)
+                if num is None:
+                    matches.append(UnknownMatch(f"{tok} {val}"))
+                else:
+                    code = int(code_s) if code_s.isdigit() else None
+                    matches.append(IcmpMatch(fam, (num,), code, negate))
+            elif kind == _K_SRC_RANGE or kind == _K_DST_RANGE:
+                matches.append(AddrMatch("src" if kind == _K_SRC_RANGE else "dst", (val,), None,
+                                         negate))
+            else:  # _K_DATE, after -m time
+                when = _utc_seconds(val)
+                if when is None:
+                    matches.append(UnknownMatch(f"-m time {tok} {tokens[i]}"))
+                elif tok == "--datestart":
+                    matches.append(TimeMatch(start=when, negate=negate))
+                else:
+                    matches.append(TimeMatch(stop=when, negate=negate))
         elif tok.startswith("-") and module is not None and module not in MODELLED_MODULES:
+            if unknown_opts is None:
+                unknown_opts = {}
             opts = unknown_opts.setdefault(module, [])
             if negate:
                 opts.append("!")
             opts.append(tok)
             if i + 1 < n and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!":
-                opts.append(value())
+                i += 1
+                opts.append(tokens[i])
         elif tok.startswith("-"):
             # An option of a modelled module fwtop does not interpret (e.g. --tcp-flags).
             args = [tok]
             while i + 1 < n and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!":
-                args.append(value())
+                i += 1
+                args.append(tokens[i])
             matches.append(UnknownMatch(("! " if negate else "") + " ".join(args)))
         negate = False
         i += 1
 
-    for mod, opts in unknown_opts.items():
-        text = " ".join(["-m", mod, *opts])
-        matches.append(UnknownMatch(text, stateful=mod in STATEFUL_MODULES))
+    if unknown_opts:
+        for mod, opts in unknown_opts.items():
+            text = " ".join(["-m", mod, *opts])
+            matches.append(UnknownMatch(text, stateful=mod in STATEFUL_MODULES))
     return tuple(matches), verdict, target, comment
 
 
@@ -235,27 +296,29 @@ def parse_save_line(line: str, user_chains: frozenset[str] = frozenset()) -> Sav
 
 # iptables-save quotes only with double quotes and escapes only inside them; a line with no
 # quote or backslash at all splits on blanks exactly as shlex would, a line with plain "..."
-# strings (comments, log prefixes) is split by this pattern, anything else goes to shlex.
-_PLAIN_TOKEN = re.compile(r'"([^"\\]*)"|(\S+)')
+# strings (comments, log prefixes) standing alone between blanks is split around its quotes,
+# anything else goes to shlex.
 
 
 def _split(line: str) -> list[str] | None:
     if "\\" not in line and "'" not in line:
         if '"' not in line:
             return line.split()
-        tokens: list[str] = []
-        end = 0
-        for m in _PLAIN_TOKEN.finditer(line):
-            between = line[end:m.start()]
-            quoted = m.group(1) is not None
-            if between.strip() or (not quoted and '"' in m.group(2)) or (quoted and (
-                    (m.start() > 0 and not line[m.start() - 1].isspace())
-                    or (m.end() < len(line) and not line[m.end()].isspace()))):
-                break  # quotes glued to other text: let shlex decide
-            tokens.append(m.group(1) if m.group(1) is not None else m.group(2))
-            end = m.end()
-        else:
-            if not line[end:].strip():
+        parts = line.split('"')
+        last = len(parts) - 1
+        if last & 1 == 0:  # balanced quotes
+            tokens: list[str] = []
+            for k in range(0, last, 2):
+                before, quoted, after = parts[k], parts[k + 1], parts[k + 2]
+                # A quote glued to other text (a"b", "a""b") joins words: let shlex decide.
+                if ((before[-1:].isspace() or (k == 0 and not before))
+                        and (after[:1].isspace() or (k + 2 == last and not after))):
+                    tokens += before.split()
+                    tokens.append(quoted)
+                else:
+                    break
+            else:
+                tokens += parts[last].split()
                 return tokens
     try:
         return shlex.split(line)
