@@ -208,6 +208,11 @@ def build_request(
     return hdr + _NFGENMSG.pack(family & 0xFF, NFNETLINK_V0, 0) + attrs
 
 
+def string_attr(nla_type: int, value: str) -> bytes:
+    """A NUL-terminated string attribute, padded to 4 bytes."""
+    return _string_attr(nla_type, value)
+
+
 def _string_attr(nla_type: int, value: str) -> bytes:
     payload = value.encode() + b"\x00"
     pad = (-len(payload)) % 4
@@ -560,3 +565,370 @@ def parse_chain_messages(
 def parse_gen(buf: bytes) -> int | None:
     """NFTA_GEN_ID of the first NFT_MSG_NEWGEN message in ``buf``, or None."""
     return parse_messages(buf).generation
+
+
+# --- structure listings: tables, chains, named sets and every rule's handle ------------------
+#
+# The structure load of iptables-nft tables needs, besides iptables-nft-save's text, what only
+# the kernel knows: which chains a table has (base chain hook, priority, type, policy) and each
+# rule's handle, in order. Unlike the counter poll these parsers keep every rule, counter or not.
+
+TableKey = tuple[str, str]  # (family, table)
+SetKey = tuple[str, str, str]  # (family, table, set)
+
+NFT_MSG_GETSET = 10
+NFT_MSG_NEWSET = 9
+MSG_NEWTABLE = _NFT | NFT_MSG_NEWTABLE
+MSG_NEWSET = _NFT | NFT_MSG_NEWSET
+
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_HOOK = 4
+NFTA_CHAIN_POLICY = 5
+NFTA_CHAIN_TYPE = 7
+NFTA_HOOK_HOOKNUM = 1
+NFTA_HOOK_PRIORITY = 2
+NFTA_SET_TABLE = 1
+NFTA_SET_NAME = 2
+NFTA_SET_FLAGS = 3
+NFT_SET_ANONYMOUS = 0x1
+
+# Hook numbers as nft names them (nft's hooknum2str), per family.
+_INET_HOOKS = ("prerouting", "input", "forward", "output", "postrouting", "ingress")
+HOOK_NAMES: dict[int, tuple[str, ...]] = {
+    NFPROTO_IPV4: _INET_HOOKS,
+    NFPROTO_IPV6: _INET_HOOKS,
+    NFPROTO_INET: _INET_HOOKS,
+    NFPROTO_BRIDGE: _INET_HOOKS,
+    NFPROTO_ARP: ("input", "output", "forward"),
+    NFPROTO_NETDEV: ("ingress", "egress"),
+}
+_POLICIES = {0: "drop", 1: "accept"}  # NF_DROP, NF_ACCEPT
+_U16N = struct.Struct("=H")
+_U32N = struct.Struct("=I")
+_BE32S = struct.Struct(">i")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainInfo:
+    """A chain as NFT_MSG_NEWCHAIN describes it; hook, priority, type and policy only for base
+    chains, in the words `nft -j list chains` uses."""
+
+    family: str
+    table: str
+    name: str
+    hook: str | None = None
+    priority: int | None = None
+    type: str | None = None
+    policy: str | None = None  # "accept" | "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One dump of tables, chains or named sets, in the kernel's order."""
+
+    tables: tuple[TableKey, ...] = ()
+    chains: tuple[ChainInfo, ...] = ()
+    sets: tuple[SetKey, ...] = ()
+    consistent: bool = True  # every reply belonged to the generation asked about, none was cut
+    malformed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHandles:
+    """The handle of every rule of some chains of one table, by chain, each in rule order."""
+
+    handles: dict[str, list[int]]
+    consistent: bool = True
+    malformed: int = 0
+    requests: int = 0
+
+
+def _control(buf: bytes, off: int, mlen: int, mtype: int) -> tuple[bool, int | None, bool]:
+    """(done, errno, malformed) of an NLMSG_DONE / NLMSG_ERROR message."""
+    if mlen < _HDR_LEN + 4:
+        return mtype == NLMSG_DONE, None, mtype == NLMSG_ERROR
+    rc = _I32.unpack_from(buf, off + 16)[0]
+    if mtype == NLMSG_DONE:
+        return True, (-rc if rc < 0 else None), False
+    return rc == 0, (-rc if rc <= 0 else rc), False
+
+
+def chain_rule_prefix(table: str, chain: str) -> bytes:
+    """The bytes every NEWRULE payload of ``table``/``chain`` starts with after its nfgenmsg in
+    the kernel's layout: NFTA_RULE_TABLE (padded), then NFTA_RULE_CHAIN (unpadded)."""
+    return chain_dump_attrs(_string_attr(NFTA_RULE_TABLE, table), chain)[1]
+
+
+def chain_dump_attrs(table_attr: bytes, chain: str) -> tuple[bytes, bytes]:
+    """(attributes of a GETRULE dump request for one chain, chain_rule_prefix of its replies),
+    given the table's NFTA_RULE_TABLE attribute: the request spells the names as the replies do."""
+    c = _string_attr(NFTA_RULE_CHAIN, chain)
+    return table_attr + c, table_attr + c[: _NLA.unpack_from(c)[0]]
+
+
+_DONE_STATUS = ChunkStatus(done=True)
+
+
+def parse_chain_handles(
+    buf: bytes,
+    table: str,
+    chain: str,
+    out: list[int],
+    *,
+    seq: int | None = None,
+    prefix: bytes | None = None,
+) -> ChunkStatus:
+    """Append the handle of every NFT_MSG_NEWRULE message in ``buf`` (the reply to a dump of
+    one chain) to ``out``, in order. A rule of another table or chain counts as malformed.
+
+    ``prefix`` is chain_rule_prefix(table, chain), passed in by callers that parse many
+    buffers of one chain: the names are then compared as bytes, never decoded."""
+    if prefix is None:
+        prefix = chain_rule_prefix(table, chain)
+    n = len(buf)
+    off = 0
+    malformed = stale = rules_seen = 0
+    done = interrupted = res_mixed = False
+    error: int | None = None
+    res_raw = -1
+    plen = len(prefix)
+    ph_off = (plen + 3) & ~3
+    hdr_unpack = _NLMSGHDR.unpack_from
+    u32 = _U32N.unpack_from
+    u16 = _U16N.unpack_from
+    be64 = _BE64.unpack_from
+    hdr_handle = _HDR_HANDLE
+    append = out.append
+    while off + _HDR_LEN <= n:
+        mlen, mtype, mflags, mseq, _pid = hdr_unpack(buf, off)
+        if mlen < _HDR_LEN or off + mlen > n:
+            malformed += 1
+            break
+        end = off + mlen
+        nxt = off + ((mlen + 3) & ~3)
+        if seq is not None and mseq != seq:
+            stale += 1
+            off = nxt
+            continue
+        if mflags & NLM_F_DUMP_INTR:
+            interrupted = True
+        if mtype == MSG_NEWRULE:
+            if mlen < _HDR_LEN + _NFGEN_LEN:
+                malformed += 1
+                off = nxt
+                continue
+            rules_seen += 1
+            r = u16(buf, off + 18)[0]
+            if r != res_raw:
+                if res_raw >= 0:
+                    res_mixed = True
+                res_raw = r
+            p = off + 20
+            ph = p + ph_off
+            if (ph + 12 <= end and buf[p : p + plen] == prefix
+                    and u32(buf, ph)[0] == hdr_handle):
+                append(be64(buf, ph + 4)[0])
+            else:
+                key = _rule_key_slow(buf, off, end)
+                if key is None or key[1] != table or key[2] != chain:
+                    malformed += 1
+                else:
+                    append(key[3])
+        elif mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+            d, e, bad = _control(buf, off, mlen, mtype)
+            done = done or d
+            if e is not None:
+                error = e
+            malformed += bad
+        off = nxt
+    if 0 < n - off and not malformed:
+        malformed += 1
+    if res_raw < 0 and done and not (malformed or stale or interrupted or error is not None):
+        return _DONE_STATUS  # the usual last datagram of a dump: nothing but NLMSG_DONE
+    res_id = None
+    if res_raw >= 0:
+        res_id = _BE16.unpack(_NATIVE16.pack(res_raw))[0]
+    return ChunkStatus(malformed=malformed, done=done, error=error, interrupted=interrupted,
+                       res_id=res_id, res_mixed=res_mixed, stale=stale, rules_seen=rules_seen)
+
+
+def _rule_key_slow(buf: bytes, off: int, end: int) -> RuleKey | None:
+    """A NEWRULE message's key by a full attribute walk; None if malformed."""
+    p = off + 20
+    traw: bytes | None = None
+    craw: bytes | None = None
+    handle = -1
+    while p + 4 <= end:
+        alen, atype = _NLA.unpack_from(buf, p)
+        if alen < 4 or p + alen > end:
+            return None
+        atype &= NLA_TYPE_MASK
+        if atype == NFTA_RULE_TABLE:
+            traw = buf[p + 4 : p + alen]
+        elif atype == NFTA_RULE_CHAIN:
+            craw = buf[p + 4 : p + alen]
+        elif atype == NFTA_RULE_HANDLE:
+            if alen != 12:
+                return None
+            handle = _BE64.unpack_from(buf, p + 4)[0]
+        p += (alen + 3) & ~3
+    if traw is None or craw is None or handle < 0:
+        return None
+    return (_FAM_BY_NUM[buf[off + 16]], _name(traw), _name(craw), handle)
+
+
+def parse_objects(
+    buf: bytes,
+    *,
+    seq: int | None = None,
+    tables: list[TableKey] | None = None,
+    chains: list[ChainInfo] | None = None,
+    sets: list[SetKey] | None = None,
+) -> ChunkStatus:
+    """Parse NEWTABLE, NEWCHAIN and NEWSET messages (replies to GETTABLE / GETCHAIN / GETSET
+    dumps) into the given lists, in order. Anonymous sets (the `{ 53, 123 }` of a rule) are
+    left out, as nft's listings leave them out. Control messages, DUMP_INTR and res_id as in
+    parse_messages; res_id covers all three kinds here."""
+    n = len(buf)
+    off = 0
+    malformed = stale = 0
+    done = interrupted = res_mixed = False
+    error: int | None = None
+    res_raw = -1
+    hdr_unpack = _NLMSGHDR.unpack_from
+    u16 = _U16N.unpack_from
+    while off + _HDR_LEN <= n:
+        mlen, mtype, mflags, mseq, _pid = hdr_unpack(buf, off)
+        if mlen < _HDR_LEN or off + mlen > n:
+            malformed += 1
+            break
+        end = off + mlen
+        nxt = off + ((mlen + 3) & ~3)
+        if seq is not None and mseq != seq:
+            stale += 1
+            off = nxt
+            continue
+        if mflags & NLM_F_DUMP_INTR:
+            interrupted = True
+        if mtype in (MSG_NEWTABLE, MSG_NEWCHAIN, MSG_NEWSET):
+            if mlen < _HDR_LEN + _NFGEN_LEN:
+                malformed += 1
+                off = nxt
+                continue
+            r = u16(buf, off + 18)[0]
+            if r != res_raw:
+                if res_raw >= 0:
+                    res_mixed = True
+                res_raw = r
+            fam = buf[off + 16]
+            if mtype == MSG_NEWCHAIN:
+                info = _chain_info(buf, fam, off + 20, end)
+                if info is None:
+                    malformed += 1
+                elif chains is not None:
+                    chains.append(info)
+                off = nxt
+                continue
+            attrs = _attrs(buf, off + 20, end)
+            ok = attrs is not None
+            if attrs is not None:
+                if mtype == MSG_NEWTABLE:
+                    t = attrs.get(NFTA_TABLE_NAME)
+                    ok = t is not None
+                    if t is not None and tables is not None:
+                        tables.append((_FAM_BY_NUM[fam], _name(buf[t[0] : t[1]])))
+                else:
+                    s = _set_key(buf, fam, attrs)
+                    ok = s is not False
+                    if isinstance(s, tuple) and sets is not None:
+                        sets.append(s)
+            if not ok:
+                malformed += 1
+        elif mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+            d, e, bad = _control(buf, off, mlen, mtype)
+            done = done or d
+            if e is not None:
+                error = e
+            malformed += bad
+        off = nxt
+    if 0 < n - off and not malformed:
+        malformed += 1
+    res_id = None
+    if res_raw >= 0:
+        res_id = _BE16.unpack(_NATIVE16.pack(res_raw))[0]
+    return ChunkStatus(malformed=malformed, done=done, error=error, interrupted=interrupted,
+                       res_id=res_id, res_mixed=res_mixed, stale=stale)
+
+
+def _attrs(buf: bytes, p: int, end: int) -> dict[int, tuple[int, int]] | None:
+    """Payload (start, end) of each top-level attribute by type; None if the lengths are bad."""
+    out: dict[int, tuple[int, int]] = {}
+    nla_unpack = _NLA.unpack_from
+    while p + 4 <= end:
+        alen, atype = nla_unpack(buf, p)
+        if alen < 4 or p + alen > end:
+            return None
+        out[atype & NLA_TYPE_MASK] = (p + 4, p + alen)
+        p += (alen + 3) & ~3
+    return out
+
+
+def _chain_info(buf: bytes, fam: int, p: int, end: int) -> ChainInfo | None:
+    """One NEWCHAIN payload; None if malformed. Chain names are decoded directly: unlike
+    table names they rarely repeat, and would only churn the shared name cache."""
+    nla_unpack = _NLA.unpack_from
+    traw: bytes | None = None
+    craw: bytes | None = None
+    hook_at = hook_end = 0
+    ctype: str | None = None
+    policy: str | None = None
+    while p + 4 <= end:
+        alen, atype = nla_unpack(buf, p)
+        if alen < 4 or p + alen > end:
+            return None
+        atype &= NLA_TYPE_MASK
+        if atype == NFTA_CHAIN_TABLE:
+            traw = buf[p + 4 : p + alen]
+        elif atype == NFTA_CHAIN_NAME:
+            craw = buf[p + 4 : p + alen]
+        elif atype == NFTA_CHAIN_HOOK:
+            hook_at, hook_end = p + 4, p + alen
+        elif atype == NFTA_CHAIN_TYPE:
+            ctype = _name(buf[p + 4 : p + alen])
+        elif atype == NFTA_CHAIN_POLICY and alen == 8:
+            code = _BE32.unpack_from(buf, p + 4)[0]
+            policy = _POLICIES.get(code, str(code))
+        p += (alen + 3) & ~3
+    if traw is None or craw is None:
+        return None
+    nul = craw.find(b"\x00")
+    name = (craw if nul < 0 else craw[:nul]).decode("utf-8", "backslashreplace")
+    if not hook_at:
+        return ChainInfo(_FAM_BY_NUM[fam], _name(traw), name)
+    hook_attrs = _attrs(buf, hook_at, hook_end)
+    if hook_attrs is None:
+        return None
+    hook: str | None = None
+    prio: int | None = None
+    num = hook_attrs.get(NFTA_HOOK_HOOKNUM)
+    if num is not None and num[1] - num[0] == 4:
+        hooknum = _BE32.unpack_from(buf, num[0])[0]
+        names = HOOK_NAMES.get(fam, ())
+        hook = names[hooknum] if hooknum < len(names) else "unknown"
+    pr = hook_attrs.get(NFTA_HOOK_PRIORITY)
+    if pr is not None and pr[1] - pr[0] == 4:
+        prio = _BE32S.unpack_from(buf, pr[0])[0]
+    return ChainInfo(_FAM_BY_NUM[fam], _name(traw), name, hook, prio, ctype, policy)
+
+
+def _set_key(buf: bytes, fam: int, attrs: dict[int, tuple[int, int]]) -> SetKey | bool:
+    """The key of a named set; True for an anonymous one (skipped), False if malformed."""
+    t = attrs.get(NFTA_SET_TABLE)
+    s = attrs.get(NFTA_SET_NAME)
+    if t is None or s is None:
+        return False
+    fl = attrs.get(NFTA_SET_FLAGS)
+    if fl is not None and fl[1] - fl[0] == 4:
+        if _BE32.unpack_from(buf, fl[0])[0] & NFT_SET_ANONYMOUS:
+            return True
+    return (_FAM_BY_NUM[fam], _name(buf[t[0] : t[1]]), _name(buf[s[0] : s[1]]))

@@ -1,24 +1,30 @@
-"""The nf_tables backend: native nftables, iptables-nft and firewalld's tables, from one JSON dump.
+"""The nf_tables backend: native nftables, iptables-nft and firewalld's tables.
 
-Native rules keep nft's own text (from a stateless `list table`); iptables-nft rules are paired,
-chain by chain and in order, with `iptables-nft-save -c`, which restores the comment and the
-iptables spelling that nft's JSON loses.
+Native rules come from nft's JSON (`list ruleset`, or one `list table` each) with nft's own text
+(from a stateless `list table`). iptables-nft rules come from `iptables-nft-save -c`, which keeps
+the comment and the iptables spelling, paired chain by chain and in order with the kernel's rule
+handles read over netlink; nft never lists them (see `_load_netlink`).
 """
 
 from __future__ import annotations
 
 import json
+import locale
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import IO, Any
 
+from fwtop.core import nftnl
 from fwtop.core.iptables_syntax import SaveRule, SaveTable, parse_save
 from fwtop.core.model import (
     Backend,
     Chain,
+    Counters,
+    Match,
     NamedSet,
     Policy,
     Rule,
@@ -27,7 +33,9 @@ from fwtop.core.model import (
     rule_key,
 )
 from fwtop.core.nftjson import rule_from_json
+from fwtop.core.nftnl import ChainInfo
 from fwtop.firewall.libnft import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_STATELESS, Nft, NftError
+from fwtop.sources.nft_counters import NftCounterReader, NftNetlinkError
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 _SAVE_COMMANDS = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
@@ -130,6 +138,12 @@ class _TableBuilder:
             for sr in self.save.rules:
                 self._saved.setdefault(sr.chain, []).append(sr)
 
+    def reset(self) -> None:
+        """Forget what was fed, to feed the table again from another listing."""
+        self.chains.clear()
+        self.rules.clear()
+        self.sets.clear()
+
     def add_chain(self, c: dict[str, Any]) -> None:
         self.chains[c["name"]] = c
         self.rules.setdefault(c["name"], [])
@@ -201,31 +215,61 @@ def _list_big(nft: Nft, command: str, flags: int) -> str:
     return proc.stdout
 
 
-def load(nft: Nft | None = None) -> tuple[list[Table], list[str]]:
-    """Read every nf_tables table of the calling thread's namespace into the rule model."""
+def load(nft: Nft | None = None, *, _xtables_json: bool = False) -> tuple[list[Table], list[str]]:
+    """Read every nf_tables table of the calling thread's namespace into the rule model.
+
+    iptables-nft tables are read without listing their rules through nft (see `_load_netlink`);
+    `_xtables_json` forces the older path that does, for tests comparing the two."""
     nft = nft or Nft()
+    if not _xtables_json:
+        try:
+            reader = NftCounterReader()
+        except NftNetlinkError:
+            reader = None  # the JSON path reports the failure in nft's words
+        if reader is not None:
+            try:
+                with reader:
+                    loaded = _load_netlink(nft, reader)
+            except NftNetlinkError:
+                loaded = None
+            if loaded is not None:
+                return loaded
+    return _load_json(nft)
+
+
+def _load_json(
+    nft: Nft, table_names: list[tuple[str, str]] | None = None
+) -> tuple[list[Table], list[str]]:
+    """Every table from one `nft -j list ruleset`, iptables-nft rules paired with the save."""
     warnings: list[str] = []
-    table_names = [(o["table"]["family"], o["table"]["name"])
-                   for o in iter_json_objects(_list_big(nft, "list tables", OUTPUT_JSON))
-                   if "table" in o]
+    if table_names is None:
+        table_names = [(o["table"]["family"], o["table"]["name"])
+                       for o in iter_json_objects(_list_big(nft, "list tables", OUTPUT_JSON))
+                       if "table" in o]
     saves: dict[str, dict[str, SaveTable]] = {}
     for family in ("ip", "ip6"):
         if any(f == family and n in XTABLES_NAMES for f, n in table_names):
             saves[family], warn = _save_tables(family)
             if warn:
                 warnings.append(warn)
-    builders: dict[tuple[str, str], _TableBuilder] = {}
-    for family, name in table_names:
-        save = saves.get(family, {}).get(name) if name in XTABLES_NAMES else None
-        if save is not None:
-            builders[(family, name)] = _TableBuilder("iptables-nft", family, name, save=save)
-        else:
-            listing = _list_big(nft, f"list table {family} {name}",
-                                OUTPUT_HANDLE | OUTPUT_STATELESS)
-            backend: Backend = "firewalld" if name == "firewalld" else "nft"
-            builders[(family, name)] = _TableBuilder(backend, family, name,
-                                                     texts=rule_texts(listing))
-    for obj in iter_json_objects(_list_big(nft, "list ruleset", OUTPUT_JSON | OUTPUT_HANDLE)):
+    builders = {(family, name): _json_builder(nft, family, name, saves)
+                for family, name in table_names}
+    _feed(builders, _list_big(nft, "list ruleset", OUTPUT_JSON | OUTPUT_HANDLE))
+    return [b.build(warnings) for b in builders.values()], warnings
+
+
+def _json_builder(nft: Nft, family: str, name: str,
+                  saves: dict[str, dict[str, SaveTable]]) -> _TableBuilder:
+    save = saves.get(family, {}).get(name) if name in XTABLES_NAMES else None
+    if save is not None:
+        return _TableBuilder("iptables-nft", family, name, save=save)
+    listing = _list_big(nft, f"list table {family} {name}", OUTPUT_HANDLE | OUTPUT_STATELESS)
+    backend: Backend = "firewalld" if name == "firewalld" else "nft"
+    return _TableBuilder(backend, family, name, texts=rule_texts(listing))
+
+
+def _feed(builders: dict[tuple[str, str], _TableBuilder], listing: str) -> None:
+    for obj in iter_json_objects(listing):
         kind = next(iter(obj), "")
         body = obj[kind]
         if kind == "metainfo" or not isinstance(body, dict):
@@ -240,4 +284,239 @@ def load(nft: Nft | None = None) -> tuple[list[Table], list[str]]:
             builder.add_rule(body)
         elif kind in ("set", "map"):
             builder.add_set(kind, body)
-    return [b.build(warnings) for b in builders.values()], warnings
+
+
+# --- iptables-nft tables without nft's JSON ----------------------------------------------------
+#
+# `nft -j list ruleset` spends seconds and hundreds of MB decoding and printing 50,000
+# iptables-nft rules whose expressions fwtop then replaces with iptables-nft-save's. What the
+# save lacks comes from netlink instead: the tables, each chain's hook, priority, type and
+# policy, and every rule's handle, chain by chain (`NftCounterReader.listing` / `rule_handles`).
+# Rule N of a chain in the kernel is line N of that chain in the save, as in the JSON path.
+# Reads happen while the save runs; both are trusted only if the ruleset generation did not
+# move from before the save to after the last dump.
+
+
+@dataclass(slots=True)
+class _SaveRun:
+    """One `iptables-nft-save -c` running in the background, its output going to a file."""
+
+    family: str
+    proc: subprocess.Popen[bytes] | None = None
+    out: IO[bytes] | None = None
+    err: IO[bytes] | None = None
+    warning: str | None = None
+
+
+def _start_save(family: str) -> _SaveRun:
+    cmd = _SAVE_COMMANDS[family]
+    if shutil.which(cmd) is None:
+        return _SaveRun(family, warning=f"{cmd} not installed: iptables-nft comments unavailable")
+    try:
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    except OSError:
+        return _SaveRun(family)  # no temporary files: run it in the foreground when finishing
+    try:
+        proc = subprocess.Popen([cmd, "-c"], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    except BaseException:
+        out.close()
+        err.close()
+        raise
+    return _SaveRun(family, proc, out, err)
+
+
+def _finish_save(run: _SaveRun) -> tuple[dict[str, SaveTable], str | None]:
+    if run.warning is not None:
+        return {}, run.warning
+    if run.proc is None or run.out is None or run.err is None:
+        return _save_tables(run.family)
+    try:
+        rc = run.proc.wait()
+        run.out.seek(0)
+        run.err.seek(0)
+        encoding = locale.getpreferredencoding(False)
+        stdout = run.out.read().decode(encoding, "backslashreplace")
+        stderr = run.err.read().decode(encoding, "backslashreplace")
+    finally:
+        run.out.close()
+        run.err.close()
+    if rc != 0:
+        return {}, f"{_SAVE_COMMANDS[run.family]} failed: {_first_line(stderr)}"
+    return {t.name: t for t in parse_save(stdout)}, None
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+@dataclass(slots=True)
+class _XtRead:
+    """What one attempt read for the iptables-nft tables."""
+
+    saves: dict[str, dict[str, SaveTable]]
+    warnings: list[str]
+    chains: dict[tuple[str, str], list[ChainInfo]]
+    handles: dict[tuple[str, str], dict[str, list[int]]]
+    named_sets: set[tuple[str, str]]
+    consistent: bool
+
+
+def _read_xtables(reader: NftCounterReader, generation: int | None,
+                  tables: list[tuple[str, str]], last: bool = True) -> _XtRead:
+    """Run the saves and read chains, sets and handles meanwhile. A read that is not the
+    `last` attempt stops at the first sign of a change: it will be done again."""
+    families = [f for f in ("ip", "ip6") if any(t[0] == f for t in tables)]
+    runs = [_start_save(f) for f in families]
+    saves: dict[str, dict[str, SaveTable]] = {}
+    warnings: list[str] = []
+    chains: dict[tuple[str, str], list[ChainInfo]] = {t: [] for t in tables}
+    handles: dict[tuple[str, str], dict[str, list[int]]] = {}
+    consistent = True
+    try:
+        for family in families:
+            listing = reader.listing(nftnl.NFT_MSG_GETCHAIN, family, generation)
+            consistent &= listing.consistent and not listing.malformed
+            for c in listing.chains:
+                per_table = chains.get((c.family, c.table))
+                if per_table is not None:
+                    per_table.append(c)
+        sets = reader.listing(nftnl.NFT_MSG_GETSET, None, generation)
+        consistent &= sets.consistent and not sets.malformed
+        named_sets = {(f, t) for f, t, _ in sets.sets}
+        for (family, table), cs in chains.items():
+            if not consistent and not last:
+                break
+            got = reader.rule_handles(family, table, [c.name for c in cs], generation,
+                                      stop_at_change=not last)
+            consistent &= got.consistent and not got.malformed
+            handles[(family, table)] = got.handles
+    finally:
+        # Always reap the children, also when a dump raised.
+        for run in runs:
+            found, warn = _finish_save(run)
+            saves[run.family] = found
+            if warn:
+                warnings.append(warn)
+    if consistent:
+        consistent = reader.generation() == generation
+    return _XtRead(saves, warnings, chains, handles, named_sets, consistent)
+
+
+def _load_netlink(nft: Nft, reader: NftCounterReader) -> tuple[list[Table], list[str]] | None:
+    """The load with iptables-nft tables read from netlink and the save; None if the ruleset
+    kept changing too fast to read its table list at all (the caller then takes the JSON path).
+
+    A read whose generation moved is done again once; if it moves again, each table is taken
+    when every chain has as many rules in the kernel as in the save, which is all the JSON path
+    ever checked, and listed through nft otherwise."""
+    read: _XtRead | None = None
+    table_names: list[tuple[str, str]] = []
+    for attempt in range(2):
+        generation = reader.generation()
+        listing = reader.listing(nftnl.NFT_MSG_GETTABLE, None, generation)
+        if not listing.consistent or listing.malformed:
+            continue
+        table_names = list(listing.tables)
+        xt = [(f, n) for f, n in table_names if f in _SAVE_COMMANDS and n in XTABLES_NAMES]
+        if not xt:
+            return _load_json(nft, table_names)
+        read = _read_xtables(reader, generation, xt, last=attempt == 1)
+        if read.consistent:
+            break
+    if read is None:
+        return None
+    warnings = list(read.warnings)
+    tables: dict[tuple[str, str], Table | None] = {}
+    for family, name in table_names:
+        save = read.saves.get(family, {}).get(name) if name in XTABLES_NAMES else None
+        tables[(family, name)] = None
+        if save is not None and (family, name) not in read.named_sets:
+            tables[(family, name)] = _xt_table(family, name, read.chains.get((family, name), []),
+                                               read.handles.get((family, name), {}), save)
+    rest = [key for key, table in tables.items() if table is None]
+    if rest:
+        builders = {key: _json_builder(nft, key[0], key[1], read.saves) for key in rest}
+        try:
+            for family, name in rest:
+                _feed(builders, _list_big(nft, f"list table {family} {name}",
+                                          OUTPUT_JSON | OUTPUT_HANDLE))
+        except NftError:
+            # A table gone since the table list: one listing of everything, as the JSON path.
+            for builder in builders.values():
+                builder.reset()
+            _feed(builders, _list_big(nft, "list ruleset", OUTPUT_JSON | OUTPUT_HANDLE))
+        for key, builder in builders.items():
+            tables[key] = builder.build(warnings)
+    return [t for t in tables.values() if t is not None], warnings
+
+
+def _xt_table(family: str, name: str, chains: list[ChainInfo], handles: dict[str, list[int]],
+              save: SaveTable) -> Table | None:
+    """One iptables-nft table from the kernel's chains and handles and the save's rules; None if
+    a chain has a different number of rules in the two (then the JSON path reads the table)."""
+    saved: dict[str, list[SaveRule]] = {}
+    for sr in save.rules:
+        saved.setdefault(sr.chain, []).append(sr)
+    backend: Backend = "iptables-nft"
+    out: list[Chain] = []
+    for c in chains:
+        hs = handles.get(c.name, [])
+        srs = saved.get(c.name, [])
+        if len(hs) != len(srs):
+            return None
+        zone = _zone(name, c.name)
+        prefix = rule_key((backend, family, name, c.name), 0, "")[:-1]
+        rules = tuple([
+            _new_rule(backend, family, name, c.name, pos, handle, sr.text, sr.verdict, sr.target,
+                      sr.matches, sr.counters, sr.comment, zone, prefix + str(handle))
+            for pos, (handle, sr) in enumerate(zip(hs, srs, strict=True), 1)])
+        policy = None
+        if c.hook is not None:
+            _, pol_counters = save.policies.get(c.name, ("", None))
+            policy = Policy(backend, family, name, c.name, _verdict(c.policy or "accept"),
+                            pol_counters)
+        out.append(Chain(backend, family, name, c.name, rules, c.hook, c.priority, c.type,
+                         policy, zone))
+    return Table(backend, family, name, tuple(out), ())
+
+
+# A frozen dataclass's __init__ sets each of Rule's 14 fields through object.__setattr__; the
+# slot descriptors' own setters do the same at half the cost, which counts at 50,000 rules. If
+# Rule ever changes shape, the constructor is used instead.
+_RULE_FIELDS = ("backend", "family", "table", "chain", "position", "handle", "text", "verdict",
+                "target", "matches", "counters", "comment", "zone", "key")
+_FAST_RULES = tuple(f.name for f in fields(Rule)) == _RULE_FIELDS
+
+
+def _rule_by_setters() -> Callable[..., Rule]:
+    (s_backend, s_family, s_table, s_chain, s_position, s_handle, s_text, s_verdict, s_target,
+     s_matches, s_counters, s_comment, s_zone, s_key) = (
+        vars(Rule)[name].__set__ for name in _RULE_FIELDS)
+    new = object.__new__
+
+    def make(backend: Backend, family: str, table: str, chain: str, position: int,
+             handle: int | None, text: str, verdict: Verdict, target: str | None,
+             matches: tuple[Match, ...], counters: Counters | None, comment: str | None,
+             zone: str | None, key: str) -> Rule:
+        rule: Rule = new(Rule)
+        s_backend(rule, backend)
+        s_family(rule, family)
+        s_table(rule, table)
+        s_chain(rule, chain)
+        s_position(rule, position)
+        s_handle(rule, handle)
+        s_text(rule, text)
+        s_verdict(rule, verdict)
+        s_target(rule, target)
+        s_matches(rule, matches)
+        s_counters(rule, counters)
+        s_comment(rule, comment)
+        s_zone(rule, zone)
+        s_key(rule, key)
+        return rule
+
+    return make
+
+
+_new_rule: Callable[..., Rule] = _rule_by_setters() if _FAST_RULES else Rule

@@ -21,10 +21,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
+from collections.abc import Iterable
 from types import TracebackType
 
 from fwtop.core import nftnl
-from fwtop.core.nftnl import ChainKey, CounterDump, RuleKey
+from fwtop.core.nftnl import ChainInfo, ChainKey, CounterDump, Listing, RuleHandles, RuleKey
 
 _RCVBUF = 8 << 20
 _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not exported by the socket module
@@ -45,6 +47,7 @@ _DUMP_CHUNK = 32 * 1024
 # With no sizes known yet, split a table into per-chain dumps when it has at most
 # this many chains (the extra requests then cost well under a millisecond).
 _SPLIT_UNKNOWN_MAX_CHAINS = 32
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 
 
 class NftNetlinkError(Exception):
@@ -182,6 +185,122 @@ class NftCounterReader:
             retries=retries,
             interrupted=not consistent,
         )
+
+    def listing(
+        self, msg_type: int, family: str | None = None, generation: int | None = None
+    ) -> Listing:
+        """Every table (NFT_MSG_GETTABLE), chain (GETCHAIN) or named set (GETSET) of the
+        namespace, or of one family, in the kernel's order.
+
+        With ``generation``, replies of another generation or cut by NLM_F_DUMP_INTR, and a
+        dump the kernel refused because the ruleset was changing, make the result
+        inconsistent (the caller decides whether to read again); other errors raise.
+        """
+        if msg_type not in (nftnl.NFT_MSG_GETTABLE, nftnl.NFT_MSG_GETCHAIN, nftnl.NFT_MSG_GETSET):
+            raise ValueError(f"not a table, chain or set dump: {msg_type}")
+        seq = self._next_seq()
+        req = nftnl.build_dump_request(msg_type, self._family(family), seq)
+        tables: list[tuple[str, str]] = []
+        chains: list[ChainInfo] = []
+        sets: list[tuple[str, str, str]] = []
+        expect = None if generation is None else generation & 0xFFFF
+        consistent = True
+        malformed = 0
+        replies = self._exchange(req)
+        while True:
+            try:
+                chunk = next(replies)
+            except NftNetlinkError as exc:
+                if exc.errno in _RETRY_ERRNOS:
+                    self._drain()
+                    consistent = False
+                    break
+                raise
+            status = nftnl.parse_objects(chunk, seq=seq, tables=tables, chains=chains, sets=sets)
+            malformed += status.malformed
+            if status.interrupted or status.res_mixed or (
+                    expect is not None and status.res_id not in (None, expect)):
+                consistent = False
+            if status.error:
+                self._drain()
+                if status.error in _RETRY_ERRNOS:
+                    consistent = False
+                    break
+                raise NftNetlinkError(_error_message(status.error, "nf_tables dump"), status.error)
+            if status.done:
+                break
+        return Listing(tuple(tables), tuple(chains), tuple(sets), consistent, malformed)
+
+    def rule_handles(
+        self,
+        family: str,
+        table: str,
+        chains: Iterable[str],
+        generation: int | None = None,
+        *,
+        stop_at_change: bool = False,
+    ) -> RuleHandles:
+        """The handle of every rule of ``chains`` of one table, each chain's rules in order,
+        counter or not: one dump request per chain, so the kernel never re-walks the rest of
+        the table (see the module docstring).
+
+        Consistency as in :meth:`listing`; a chain or table that vanished (ENOENT) also makes
+        the result inconsistent and ends the read, as does any inconsistency with
+        ``stop_at_change`` (for a caller that will read everything again anyway).
+        """
+        fam = self._family(family)
+        sock = self._sock
+        if sock is None:
+            raise NftNetlinkError("nf_tables reader is closed")
+        expect = None if generation is None else generation & 0xFFFF
+        nfgen = nftnl.build_request(nftnl.NFT_MSG_GETRULE, fam, 0, 0)[16:]
+        table_attr = nftnl.string_attr(nftnl.NFTA_RULE_TABLE, table)
+        dump_attrs = nftnl.chain_dump_attrs
+        pack_hdr = _NLMSGHDR.pack
+        msg_type = (nftnl.NFNL_SUBSYS_NFTABLES << 8) | nftnl.NFT_MSG_GETRULE
+        flags = nftnl.NLM_F_REQUEST | nftnl.NLM_F_DUMP
+        view, bufsize = self._view, len(self._buf)
+        recv_into, send = sock.recv_into, sock.send
+        parse = nftnl.parse_chain_handles
+        handles: dict[str, list[int]] = {}
+        malformed = requests = 0
+        consistent = True
+        try:
+            for chain in chains:
+                seq = self._next_seq()
+                out = handles[chain] = []
+                attrs, match = dump_attrs(table_attr, chain)
+                send(pack_hdr(20 + len(attrs), msg_type, flags, seq, 0) + nfgen + attrs)
+                requests += 1
+                while True:
+                    n = recv_into(view, 0, socket.MSG_TRUNC)
+                    if n > bufsize:
+                        raise NftNetlinkError(
+                            f"netlink message of {n} bytes exceeds the receive buffer")
+                    status = parse(bytes(view[:n]), table, chain, out, seq=seq, prefix=match)
+                    malformed += status.malformed
+                    if status.interrupted or status.res_mixed or (
+                            expect is not None and status.res_id not in (None, expect)):
+                        consistent = False
+                    if status.error:
+                        self._drain()
+                        if status.error in _RETRY_ERRNOS or status.error == errno.ENOENT:
+                            return RuleHandles(handles, False, malformed, requests)
+                        raise NftNetlinkError(
+                            _error_message(status.error, "nf_tables dump"), status.error)
+                    if status.done:
+                        break
+                if stop_at_change and not consistent:
+                    break
+        except TimeoutError as exc:
+            raise NftNetlinkError(f"nf_tables did not answer within {_TIMEOUT_S:.0f} s") from exc
+        except OSError as exc:
+            code = exc.errno or 0
+            if code in _RETRY_ERRNOS:
+                self._drain()
+                return RuleHandles(handles, False, malformed, requests)
+            raise NftNetlinkError(_error_message(code, "netlink"), code) from exc
+        return RuleHandles(handles, consistent, malformed, requests)
 
     def dump_raw(
         self,
