@@ -683,9 +683,14 @@ def parse_chain_handles(
 
     ``prefix`` is chain_rule_prefix(table, chain), passed in by callers that parse many
     buffers of one chain: the names are then compared as bytes, never decoded."""
+    n = len(buf)
+    if n == _HDR_LEN + 4:  # the usual last datagram of a dump: nothing but NLMSG_DONE
+        mlen, mtype, mflags, mseq, _pid = _NLMSGHDR.unpack_from(buf)
+        if (mtype == NLMSG_DONE and mlen == n and not mflags & NLM_F_DUMP_INTR
+                and (seq is None or mseq == seq) and _I32.unpack_from(buf, _HDR_LEN)[0] == 0):
+            return _DONE_STATUS
     if prefix is None:
         prefix = chain_rule_prefix(table, chain)
-    n = len(buf)
     off = 0
     malformed = stale = rules_seen = 0
     done = interrupted = res_mixed = False
@@ -743,8 +748,6 @@ def parse_chain_handles(
         off = nxt
     if 0 < n - off and not malformed:
         malformed += 1
-    if res_raw < 0 and done and not (malformed or stale or interrupted or error is not None):
-        return _DONE_STATUS  # the usual last datagram of a dump: nothing but NLMSG_DONE
     res_id = None
     if res_raw >= 0:
         res_id = _BE16.unpack(_NATIVE16.pack(res_raw))[0]

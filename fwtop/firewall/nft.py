@@ -8,6 +8,7 @@ handles read over netlink; nft never lists them (see `_load_netlink`).
 
 from __future__ import annotations
 
+import gc
 import json
 import locale
 import re
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
@@ -220,7 +222,25 @@ def load(nft: Nft | None = None, *, _xtables_json: bool = False) -> tuple[list[T
 
     iptables-nft tables are read without listing their rules through nft (see `_load_netlink`);
     `_xtables_json` forces the older path that does, for tests comparing the two."""
-    nft = nft or Nft()
+    with _cycle_collection_paused():
+        return _load(nft or Nft(), _xtables_json)
+
+
+@contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """A big load allocates about a million small objects and no reference cycles; the cyclic
+    collector would walk the growing heap hundreds of times for nothing (0.14 s of a 50,000-rule
+    load). Paused for the load only, and only if it was running."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(nft: Nft, _xtables_json: bool) -> tuple[list[Table], list[str]]:
     if not _xtables_json:
         try:
             reader = NftCounterReader()
@@ -459,24 +479,31 @@ def _xt_table(family: str, name: str, chains: list[ChainInfo], handles: dict[str
     for sr in save.rules:
         saved.setdefault(sr.chain, []).append(sr)
     backend: Backend = "iptables-nft"
+    new_rule = _new_rule
     out: list[Chain] = []
     for c in chains:
-        hs = handles.get(c.name, [])
-        srs = saved.get(c.name, [])
+        cname = c.name
+        hs = handles.get(cname, ())
+        srs = saved.get(cname, ())
         if len(hs) != len(srs):
             return None
-        zone = _zone(name, c.name)
-        prefix = rule_key((backend, family, name, c.name), 0, "")[:-1]
-        rules = tuple([
-            _new_rule(backend, family, name, c.name, pos, handle, sr.text, sr.verdict, sr.target,
-                      sr.matches, sr.counters, sr.comment, zone, prefix + str(handle))
-            for pos, (handle, sr) in enumerate(zip(hs, srs, strict=True), 1)])
+        zone = _zone(name, cname)
+        rules: list[Rule] = []
+        if hs:
+            # rule_key() of handle 0 without its "0": the key of every rule of the chain
+            prefix = rule_key((backend, family, name, cname), 0, "")[:-1]
+            pos = 0
+            for handle, sr in zip(hs, srs, strict=True):
+                pos += 1
+                rules.append(new_rule(backend, family, name, cname, pos, handle, sr.text,
+                                      sr.verdict, sr.target, sr.matches, sr.counters, sr.comment,
+                                      zone, f"{prefix}{handle}"))
         policy = None
         if c.hook is not None:
-            _, pol_counters = save.policies.get(c.name, ("", None))
-            policy = Policy(backend, family, name, c.name, _verdict(c.policy or "accept"),
+            _, pol_counters = save.policies.get(cname, ("", None))
+            policy = Policy(backend, family, name, cname, _verdict(c.policy or "accept"),
                             pol_counters)
-        out.append(Chain(backend, family, name, c.name, rules, c.hook, c.priority, c.type,
+        out.append(Chain(backend, family, name, cname, tuple(rules), c.hook, c.priority, c.type,
                          policy, zone))
     return Table(backend, family, name, tuple(out), ())
 
