@@ -49,13 +49,18 @@ def ns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess
 # --- children -----------------------------------------------------------------------------
 
 
-def child_sender(dst: str, duration: float, payload: int, rate: float) -> None:
-    """Flat out (`rate` 0), or paced: every millisecond, what the schedule says is due."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    s.connect((dst, PORT))
+def child_sender(dst: str, duration: float, payload: int, rate: float, flows: int) -> None:
+    """Flat out (`rate` 0), or paced: every millisecond, what the schedule says is due.
+    `flows` sockets (distinct source ports) take turns, 100 packets each."""
+    socks = []
+    for _ in range(flows):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.connect((dst, PORT))
+        socks.append(s)
     data = b"x" * payload
-    send = s.send
+    turn = 0
+    send = socks[0].send
     sent = errors = 0
     start = time.monotonic()
     end = start + duration
@@ -66,7 +71,10 @@ def child_sender(dst: str, duration: float, payload: int, rate: float) -> None:
             if burst <= 0:
                 time.sleep(0.0005)
                 continue
-        for _ in range(burst):
+        for i in range(burst):
+            if flows > 1 and not i % 100:
+                turn = (turn + 1) % flows
+                send = socks[turn].send
             try:
                 send(data)
             except OSError:
@@ -166,7 +174,8 @@ def _tcpdump_pid(wrapper: subprocess.Popen[str]) -> int:
 
 
 def run_once(mode: str, duration: float, senders: int, payload: int,
-             capture_filter: str | None, rate: float, profile: str | None) -> dict[str, Any]:
+             capture_filter: str | None, rate: float, profile: str | None,
+             flows: int = 1) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     s_ns, r_ns = f"fwbs{tag}", f"fwbr{tag}"
     s_if, r_if = f"vbs{tag}", f"vbr{tag}"
@@ -208,7 +217,7 @@ def run_once(mode: str, duration: float, senders: int, payload: int,
         sender_procs = [subprocess.Popen(
             ["ip", "netns", "exec", s_ns, sys.executable, __file__, "--child-sender",
              "--dst", dst, "--duration", str(duration), "--payload", str(payload),
-             "--rate", str(rate / senders)],
+             "--rate", str(rate / senders), "--flows", str(flows)],
             stdout=subprocess.PIPE, text=True) for _ in range(senders)]
         procs.extend(sender_procs)
         sent = 0
@@ -236,7 +245,8 @@ def run_once(mode: str, duration: float, senders: int, payload: int,
         return {
             "mode": ready["mode"], "target_pps": rate or "max",
             "duration_s": round(send_wall, 2), "senders": senders,
-            "payload": payload, "sent": sent, "pps": round(sent / send_wall),
+            "payload": payload, "flows": flows * senders, "sent": sent,
+            "pps": round(sent / send_wall),
             "rx_iface": rx, "tcpdump_captured": td.get("captured"),
             "tcpdump_kernel_drops": td.get("dropped by kernel"),
             "tcpdump_cpu": round(td_cpu / td_wall, 3),
@@ -249,6 +259,7 @@ def run_once(mode: str, duration: float, senders: int, payload: int,
             "fwtop_rss_samples_mb": [round(x / 1024, 1) for x in result["rss_samples_kb"]],
             "fwtop_maxrss_mb": round(result["maxrss_kb"] / 1024, 1),
             "handed_on": result["totals"]["packets_handed"], "shed": result["totals"]["shed"],
+            "flow_events": result["totals"]["flows"],
             "errors": result["errors"],
         }
     finally:
@@ -270,6 +281,8 @@ def main() -> None:
     ap.add_argument("--rates", default="0",
                     help="comma-separated target rates in packets/s (0: as fast as it goes)")
     ap.add_argument("--profile", default=None, help="cProfile the reader thread to this file")
+    ap.add_argument("--flows", type=int, default=1,
+                    help="UDP flows (source ports) per sender, taking turns (default 1)")
     ap.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--child-sender", action="store_true", help=argparse.SUPPRESS)
@@ -278,20 +291,22 @@ def main() -> None:
     ap.add_argument("--mode", default="ring", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_sender:
-        child_sender(args.dst, args.duration, args.payload, args.rate)
+        child_sender(args.dst, args.duration, args.payload, args.rate, args.flows)
         return
     if args.child_reader:
         child_reader(args.mode, args.filter, args.profile)
         return
     if os.geteuid() != 0:
         sys.exit("bench_capture: run as root (namespaces, packet sockets)")
-    if args.duration <= 0 or args.duration > 120 or not 1 <= args.senders <= 4:
-        sys.exit("bench_capture: --duration 0-120 s, --senders 1-4")
+    if args.duration <= 0 or args.duration > 120 or not 1 <= args.senders <= 4 or \
+            not 1 <= args.flows <= 10_000:
+        sys.exit("bench_capture: --duration 0-120 s, --senders 1-4, --flows 1-10000")
     for _ in range(args.repeat):
         for rate in (float(r) for r in args.rates.split(",")):
             for mode in args.modes.split(","):
                 print(json.dumps(run_once(mode, args.duration, args.senders, args.payload,
-                                          args.filter, rate, args.profile)), flush=True)
+                                          args.filter, rate, args.profile, args.flows)),
+                      flush=True)
 
 
 if __name__ == "__main__":
