@@ -85,7 +85,7 @@ PACKET_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("to", "to", None),
     ("info", "flags", None),
     ("len", "len", 5),
-    ("flow", "flow", 10),
+    ("flow", "flow", 11),  # "established"
 )
 
 Raw = tuple[bytes, int, str]
