@@ -139,7 +139,8 @@ def test_watch_packets_says_unanswered_refused_and_why(namespaces: Namespaces,
     final = next(s for s in lines[-1]["sources"] if s["source"] == "capture")
     assert lines[-1]["type"] == "stats"
     assert final["kernel_drops"] == 0 and final["skipped"] == 0 and final["shed"] == 0
-    assert final["received"] == final["kernel_packets"]
+    # The kernel's count may run a packet or two ahead (link-local chatter after the last read).
+    assert 0 <= final["kernel_packets"] - final["received"] <= 3
     assert final["decoded"] == len(packets)
 
     # The pcap opens in tcpdump and holds every packet the capture read.
