@@ -656,14 +656,22 @@ def _control(buf: bytes, off: int, mlen: int, mtype: int) -> tuple[bool, int | N
 def chain_rule_prefix(table: str, chain: str) -> bytes:
     """The bytes every NEWRULE payload of ``table``/``chain`` starts with after its nfgenmsg in
     the kernel's layout: NFTA_RULE_TABLE (padded), then NFTA_RULE_CHAIN (unpadded)."""
-    return chain_dump_attrs(_string_attr(NFTA_RULE_TABLE, table), chain)[1]
+    return build_chain_rules_request(NFPROTO_UNSPEC, 0, string_attr(NFTA_RULE_TABLE, table),
+                                     chain)[1]
 
 
-def chain_dump_attrs(table_attr: bytes, chain: str) -> tuple[bytes, bytes]:
-    """(attributes of a GETRULE dump request for one chain, chain_rule_prefix of its replies),
-    given the table's NFTA_RULE_TABLE attribute: the request spells the names as the replies do."""
+def build_chain_rules_request(
+    family: int, seq: int, table_attr: bytes, chain: str
+) -> tuple[bytes, bytes]:
+    """build_dump_request(NFT_MSG_GETRULE, family, seq, table, chain), and the
+    chain_rule_prefix of its replies (the request spells the names as the replies do).
+    ``table_attr`` is string_attr(NFTA_RULE_TABLE, table): one table is dumped chain by chain."""
     c = _string_attr(NFTA_RULE_CHAIN, chain)
-    return table_attr + c, table_attr + c[: _NLA.unpack_from(c)[0]]
+    attrs = table_attr + c
+    hdr = _NLMSGHDR.pack(_HDR_LEN + _NFGEN_LEN + len(attrs), _NFT | NFT_MSG_GETRULE,
+                         NLM_F_REQUEST | NLM_F_DUMP, seq & 0xFFFFFFFF, 0)
+    request = hdr + _NFGENMSG.pack(family & 0xFF, NFNETLINK_V0, 0) + attrs
+    return request, table_attr + c[: _NLA.unpack_from(c)[0]]
 
 
 _DONE_STATUS = ChunkStatus(done=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -47,7 +46,6 @@ _DUMP_CHUNK = 32 * 1024
 # With no sizes known yet, split a table into per-chain dumps when it has at most
 # this many chains (the extra requests then cost well under a millisecond).
 _SPLIT_UNKNOWN_MAX_CHAINS = 32
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 
 
 class NftNetlinkError(Exception):
@@ -253,12 +251,8 @@ class NftCounterReader:
         if sock is None:
             raise NftNetlinkError("nf_tables reader is closed")
         expect = None if generation is None else generation & 0xFFFF
-        nfgen = nftnl.build_request(nftnl.NFT_MSG_GETRULE, fam, 0, 0)[16:]
         table_attr = nftnl.string_attr(nftnl.NFTA_RULE_TABLE, table)
-        dump_attrs = nftnl.chain_dump_attrs
-        pack_hdr = _NLMSGHDR.pack
-        msg_type = (nftnl.NFNL_SUBSYS_NFTABLES << 8) | nftnl.NFT_MSG_GETRULE
-        flags = nftnl.NLM_F_REQUEST | nftnl.NLM_F_DUMP
+        build = nftnl.build_chain_rules_request
         view, bufsize = self._view, len(self._buf)
         recv_into, send = sock.recv_into, sock.send
         parse = nftnl.parse_chain_handles
@@ -269,8 +263,8 @@ class NftCounterReader:
             for chain in chains:
                 seq = self._next_seq()
                 out = handles[chain] = []
-                attrs, match = dump_attrs(table_attr, chain)
-                send(pack_hdr(20 + len(attrs), msg_type, flags, seq, 0) + nfgen + attrs)
+                request, match = build(fam, seq, table_attr, chain)
+                send(request)
                 requests += 1
                 while True:
                     n = recv_into(view, 0, socket.MSG_TRUNC)

@@ -68,6 +68,16 @@ def test_chain_handles_in_rule_order_and_other_chains_refused() -> None:
     assert status.done and status.error is None
 
 
+def test_per_chain_request_and_reply_prefix() -> None:
+    table_attr = nftnl.string_attr(nftnl.NFTA_RULE_TABLE, "filter")
+    request, prefix = nftnl.build_chain_rules_request(nftnl.NFPROTO_IPV4, 42, table_attr, "INPUT")
+    assert request == nftnl.build_dump_request(nftnl.NFT_MSG_GETRULE, nftnl.NFPROTO_IPV4, 42,
+                                               "filter", "INPUT")
+    # the kernel's own reply: its first NEWRULE of ip filter INPUT starts with those bytes
+    assert prefix == nftnl.chain_rule_prefix("filter", "INPUT")
+    assert RULES_ALL.count(prefix) == 4  # ip and ip6 filter INPUT rules in the full dump
+
+
 def _nla(nla_type: int, payload: bytes) -> bytes:
     raw = struct.pack("=HH", 4 + len(payload), nla_type) + payload
     return raw + b"\x00" * ((-len(raw)) % 4)
