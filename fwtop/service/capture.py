@@ -75,8 +75,9 @@ class CaptureBatch:
 class CaptureConfig:
     """What to capture: every interface of `netns` (None: fwtop's own namespace) or `iface`,
     through an optional tcpdump-style `capture_filter`; `timeout` is how long a SYN, datagram or
-    echo waits for its answer before it is `unanswered`. `pcap_path` writes every decoded packet
-    to a pcap file too."""
+    echo waits for its answer before it is `unanswered`. `pcap_path` writes to a pcap file every
+    packet the reader looks at (all of them unless it is sampling), each cut to its first 2 KiB
+    (every header fits; the record keeps the length on the wire)."""
 
     netns: NetNamespace | None = None
     iface: str | None = None
