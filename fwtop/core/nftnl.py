@@ -9,7 +9,9 @@ raises.
 Only what the counter poll needs is decoded: a rule's table, chain, handle and
 the bytes/packets of its first ``counter`` expression; a chain's table, name and
 NFTA_CHAIN_COUNTERS; the generation id. Everything else is skipped by length,
-because at 50,000 rules this loop is the per-tick hot path.
+because at 50,000 rules this loop is the per-tick hot path. The structure
+listings at the end (tables, chains with their hooks, named sets, every rule's
+handle) serve the load of iptables-nft tables (fwtop.firewall.nft).
 """
 
 from __future__ import annotations

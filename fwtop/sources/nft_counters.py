@@ -3,7 +3,9 @@
 Owns one NETLINK_NETFILTER socket (bound to the network namespace of the thread
 that created it) and the request/receive loop: NFT_MSG_GETGEN for the cheap
 "did anything change" check, and NFT_MSG_GETCHAIN + NFT_MSG_GETRULE dumps for the
-counters, planned so the kernel's dump cost stays low on big rulesets. All byte
+counters, planned so the kernel's dump cost stays low on big rulesets. The same
+socket lists tables, chains and named sets and every rule's handle for the
+structure load of iptables-nft tables (``listing``, ``rule_handles``). All byte
 decoding is in :mod:`fwtop.core.nftnl`; this module does I/O, planning, retries
 and error mapping only.
 
