@@ -154,6 +154,7 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
     held_capture: list[str] = []
     capture_ready = threading.Event()
     capture_failed: list[str] = []
+    capture_ran = [False]
 
     def capture_entry() -> dict[str, Any] | None:
         return capture_json[0]
@@ -164,6 +165,7 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
         lines.extend(json.dumps(f.to_json()) for f in batch.flows)
         assert capture is not None
         with lock:
+            capture_ran[0] = True
             capture_json[0] = _capture_json(batch.stats, batch, capture.shed,
                                             capture.flows_shed)
             capture_ready.set()
@@ -175,9 +177,17 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
                 write("\n".join(lines) + "\n")
 
     def on_capture_error(message: str) -> None:
-        capture_failed.append(message)
+        # Like a drop source that cannot start: an off entry in the stats lines, and the error
+        # line after the first stats line (which stays the first line).
+        with lock:
+            capture_failed.append(message)
+            if capture_json[0] is None:
+                capture_json[0] = CaptureStats(False, off_reason=message).to_json()
+            if started[0]:
+                write(_error_line(message))
+            elif len(held_errors) < 100:
+                held_errors.append(message)
         capture_ready.set()
-        on_error(message)
 
     def on_batch(batch: DropBatch) -> None:
         # On the drop stream's thread, inside the namespace: the ruleset read here is the
@@ -266,6 +276,6 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
         if not started[0] and held_capture:
             write("\n".join(held_capture) + "\n")
         write(_stats_line(latest[0], stream.shed, capture_entry()) + "\n")
-    if packets is not None and capture_failed and capture_json[0] is None:
+    if packets is not None and capture_failed and not capture_ran[0]:
         return 1  # asked for packets and the capture never ran
     return 1 if failed and not any(s.running for s in latest[0]) else 0

@@ -246,3 +246,18 @@ def test_raw_bytes_of_recent_packets_are_kept(namespaces: Namespaces) -> None:
     text = dissect(frame, link)
     assert "###[ UDP ]###" in text and "dport     = 9999" in text
     assert socket.inet_aton(top.fw_ip).hex(" ")[:5] in text  # the hex dump is there too
+
+
+def test_capture_that_cannot_start_says_why(namespaces: Namespaces) -> None:
+    fw = namespaces.new("cf")
+    proc = subprocess.run([sys.executable, "-m", "fwtop", "watch", "--json", "--packets",
+                           "--netns", fw, "--iface", "nosuch0", "--duration", "1",
+                           "--conntrack-interval", "0"], capture_output=True, text=True,
+                          timeout=60)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1  # packets were asked for and the capture never ran
+    assert lines[0]["type"] == "stats" and lines[-1]["type"] == "stats"
+    capture = next(s for s in lines[0]["sources"] if s["source"] == "capture")
+    assert not capture["running"]
+    assert capture["off_reason"] == "packet capture: no interface 'nosuch0' here (see `ip link`)"
+    assert [x["message"] for x in lines if x["type"] == "error"] == [capture["off_reason"]]
