@@ -17,6 +17,8 @@ from fwtop.firewall.libnft import NftError
 from fwtop.firewall.netns import NetnsError, enter, resolve
 
 if TYPE_CHECKING:
+    from fwtop.core.edits import Edit
+    from fwtop.service.journal import Record
     from fwtop.service.watch import CaptureOptions
 
 EXIT_USAGE = 2
@@ -100,8 +102,47 @@ def build_parser() -> argparse.ArgumentParser:
     p_allow.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
     p_allow.add_argument("--yes", action="store_true", help="apply without asking")
     p_allow.add_argument("--json", action="store_true", help="JSON output (implies --yes)")
+    p_edit = sub.add_parser(
+        "edit", help="delete, move or insert a rule, or set a chain policy; reverts by itself "
+                     "unless confirmed",
+        description="Commit-confirmed edit of one chain: fwtop snapshots the chain, shows the "
+                    "diff and what the edit would do to recent drops and accepted flows (and "
+                    "to your own SSH session), writes it in one transaction and starts a "
+                    "detached reverter that restores the chain at the deadline unless you run "
+                    "`fwtop temp confirm ID`. RULE is TABLE:CHAIN:HANDLE (nft, iptables-nft) "
+                    "or TABLE:CHAIN:#POSITION (legacy), optionally FAMILY: in front.")
+    _add_netns(p_edit)
+    what = p_edit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--delete", metavar="RULE", help="delete this rule")
+    what.add_argument("--move", metavar="RULE", help="move this rule (with --before)")
+    what.add_argument("--insert", metavar="TEXT",
+                      help="insert this rule, in the backend's own syntax (with --chain)")
+    what.add_argument("--policy", metavar="TABLE:CHAIN=VERDICT",
+                      help="set a base chain's policy (accept or drop)")
+    p_edit.add_argument("--before", metavar="RULE",
+                        help="--move / --insert: put the rule right before this one")
+    p_edit.add_argument("--chain", metavar="TABLE:CHAIN", help="--insert: the chain")
+    p_edit.add_argument("--family", choices=["ip", "ip6", "inet", "arp", "bridge", "netdev"],
+                        help="the family of RULE / CHAIN when they do not say it")
+    p_edit.add_argument("--backend", choices=["nft", "iptables-nft", "iptables-legacy"],
+                        help="when the same table and chain exist in several backends")
+    p_edit.add_argument("--expect-text", metavar="TEXT",
+                        help="the rule's text as you saw it (fwtop rules): refused if the rule "
+                             "at RULE is another one (required for #POSITION without a prompt)")
+    p_edit.add_argument("--confirm-within", type=int, default=120, metavar="S",
+                        help="seconds until the edit reverts unless confirmed (default 120, "
+                             "cap: FWTOP_TTL_CAP, 3600)")
+    p_edit.add_argument("--replay", metavar="FILE",
+                        help="impact from these `fwtop watch --json` lines (drops, flows)")
+    p_edit.add_argument("--observe", type=float, metavar="S",
+                        help="impact from the drops seen in the next S seconds")
+    p_edit.add_argument("--no-conntrack", action="store_true",
+                        help="do not take the conntrack table as the accepted flows")
+    p_edit.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
+    p_edit.add_argument("--yes", action="store_true", help="apply without asking")
+    p_edit.add_argument("--json", action="store_true", help="JSON output (implies --yes)")
     p_temp = sub.add_parser("temp", help="list, extend or revert temporary allows")
-    p_temp.add_argument("action", choices=["list", "extend", "revert", "permanent"],
+    p_temp.add_argument("action", choices=["list", "extend", "revert", "permanent", "confirm"],
                         help="permanent: print the persistent form of a temporary allow "
                              "(nothing is written)")
     p_temp.add_argument("id", nargs="?", help="the allow's id (extend, revert)")
@@ -303,6 +344,167 @@ def cmd_allow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit_request(args: argparse.Namespace) -> tuple[Edit, bool]:
+    """The Edit from `fwtop edit`'s flags; True if it names a rule by position alone."""
+    from dataclasses import replace
+
+    from fwtop.core.edits import (
+        ChainRef,
+        Edit,
+        RuleRef,
+        parse_chain_ref,
+        parse_policy,
+        parse_rule_ref,
+    )
+
+    family = args.family
+
+    def rule(spec: str) -> RuleRef:
+        ref = parse_rule_ref(spec)
+        return replace(ref, family=family) if family and not ref.family else ref
+
+    def chain(ref: ChainRef) -> ChainRef:
+        return replace(ref, family=family) if family and not ref.family else ref
+
+    before = rule(args.before) if args.before else None
+    if args.policy:
+        where, verdict = parse_policy(args.policy)
+        edit = Edit("policy", chain=chain(where), verdict=verdict)
+    elif args.insert is not None:
+        if not args.chain:
+            raise CliError("--insert TEXT needs --chain TABLE:CHAIN")
+        edit = Edit("insert", before=before, chain=chain(parse_chain_ref(args.chain)),
+                    text=args.insert)
+    elif args.move:
+        edit = Edit("move", rule=rule(args.move), before=before)
+    else:
+        edit = Edit("delete", rule=rule(args.delete))
+    if args.chain and args.insert is None:
+        raise CliError("--chain goes with --insert")
+    if args.before and not (args.move or args.insert is not None):
+        raise CliError("--before goes with --move or --insert")
+    edit = replace(edit, expect_text=args.expect_text, confirm_within=args.confirm_within)
+    by_position = edit.rule is not None and edit.rule.position is not None
+    return edit, by_position
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from fwtop.core.edits import EditError
+    from fwtop.service import edits
+    from fwtop.service.journal import JournalError
+
+    require_root()
+    name = args.netns
+    if name:
+        resolve(name)  # one-line error if unknown
+    try:
+        edit, by_position = _edit_request(args)
+        if by_position and not args.expect_text and not args.dry_run and (
+                args.yes or args.json or not sys.stdin.isatty()):
+            raise CliError("a #POSITION is only as good as the moment it was read: give "
+                           "--expect-text with the rule's text (fwtop rules shows it)")
+        if args.observe is not None and not 0 < args.observe <= 600:
+            raise CliError("--observe takes 1..600 seconds")
+        traffic = edits.traffic_from_replay(args.replay) if args.replay else edits.Traffic()
+        if args.observe:
+            if not args.json:
+                print(f"observing drops for {args.observe:g} s...", file=sys.stderr)
+            seen = edits.observe(name, args.observe)
+            traffic.drops += seen.drops
+            traffic.sources += seen.sources
+        traffic.conntrack = not args.no_conntrack
+        prev = edits.preview(edit, name, traffic, backend=args.backend)
+        if not args.json:
+            print(prev.subject)
+            print("\n".join(prev.diff))
+            print("impact (" + "; ".join(prev.impact.sources or ["no traffic"]) + "):")
+            for line in prev.impact.summary():
+                print(f"  {line}")
+            for w in prev.warnings:
+                print(f"warning: {w}")
+            print("fwtop will write, in one transaction:")
+            for line in prev.commands.splitlines():
+                print(f"  {line}")
+            print(f"it reverts by itself in {edit.confirm_within} s unless confirmed "
+                  f"({prev.backup})")
+        if args.dry_run:
+            if args.json:
+                json.dump({**prev.to_json(), "dry_run": True}, sys.stdout, indent=1)
+                sys.stdout.write("\n")
+            return 0
+        if not (args.yes or args.json):
+            if not sys.stdin.isatty():
+                raise CliError("not applied: pass --yes to apply without a terminal")
+            if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("not applied")
+                return 1
+        record = edits.apply(prev)
+    except (EditError, JournalError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        json.dump({**edits.edit_json(record, prev), "dry_run": False}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        until = time.strftime("%H:%M:%S", time.localtime(record.expires_at))
+        print(f"edited: id {record.id}; reverts at {until} unless confirmed: "
+              f"fwtop temp confirm {record.id}  (fwtop temp revert {record.id} reverts now)")
+        if record.note:
+            print(f"warning: {record.note}")
+    return 0
+
+
+def _is_edit(edit_id: str) -> bool:
+    from fwtop.service.edits import is_edit
+
+    return is_edit(edit_id)
+
+
+def _edits_needing_attention() -> list[Record]:
+    from fwtop.service.edits import attention
+
+    return attention()
+
+
+def _temp_edit(args: argparse.Namespace) -> int:
+    """`fwtop temp confirm|extend|revert ID` for a commit-confirmed edit."""
+    from fwtop.core.edits import EditError
+    from fwtop.service import edits
+    from fwtop.service.journal import JournalError
+
+    try:
+        if args.action == "confirm":
+            r = edits.confirm(args.id)
+        elif args.action == "revert":
+            r = edits.revert(args.id)
+        else:
+            r = edits.extend(args.id, args.seconds)
+    except (EditError, JournalError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        json.dump(r.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        left = int(r.expires_at - time.time())
+        print(f"{args.action}: {r.id} {r.state} "
+              f"({r.note or f'reverts in {left} s unless confirmed'})")
+    return 0 if r.state != "conflict" else EXIT_FAIL
+
+
+def _finish_overdue_edits() -> None:
+    """Every fwtop start reverts edits whose deadline passed with no reverter left to do it,
+    and says which edits stopped on a conflict."""
+    from fwtop.service.edits import finish_overdue
+    from fwtop.service.journal import JournalError
+
+    try:
+        for r in finish_overdue():
+            print(f"fwtop: edit {r.id} ({r.text}) is {r.state}: {r.note}"
+                  + (f"; `fwtop temp confirm {r.id}` keeps the chain as it is"
+                     if r.state == "conflict" else ""), file=sys.stderr)
+    except (JournalError, OSError) as exc:
+        print(f"fwtop: warning: finishing overdue edits failed: {exc}", file=sys.stderr)
+
+
 def cmd_temp(args: argparse.Namespace) -> int:
     from fwtop.core.tempallow import AllowError, valid_id
     from fwtop.service import tempallow
@@ -313,9 +515,11 @@ def cmd_temp(args: argparse.Namespace) -> int:
             raise CliError(f"fwtop temp {args.action} needs an id from `fwtop temp list`")
         if args.action == "extend" and args.seconds is None:
             raise CliError("fwtop temp extend ID SECONDS")
+    if args.action == "confirm" or (args.action in ("extend", "revert") and _is_edit(args.id)):
+        return _temp_edit(args)
     try:
         if args.action == "list":
-            records = tempallow.active()
+            records = tempallow.active() + _edits_needing_attention()
             if args.json:
                 json.dump([r.to_json() for r in records], sys.stdout, indent=1)
                 sys.stdout.write("\n")
@@ -376,6 +580,7 @@ def _startup_cleanup() -> None:
     except (JournalError, OSError) as exc:
         print(f"fwtop: warning: cleanup of expired temporary allows failed: {exc}",
               file=sys.stderr)
+    _finish_overdue_edits()
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -515,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"rules": cmd_rules, "lab": cmd_lab, "watch": cmd_watch, "explain": cmd_explain,
-                "allow": cmd_allow, "temp": cmd_temp,
+                "allow": cmd_allow, "temp": cmd_temp, "edit": cmd_edit,
                 "trace": cmd_trace,
                 "exporter": cmd_exporter,
                 None: cmd_tui}

@@ -27,7 +27,7 @@ class Record:
     """One temporary object set fwtop created (a rule, and for nft its set)."""
 
     id: str
-    kind: str  # "allow"
+    kind: str  # "allow", "edit"
     created: float
     expires_at: float
     netns: str | None  # the namespace's name (or None for fwtop's own)
@@ -43,6 +43,13 @@ class Record:
     state: str = "active"  # active, removed, gone (namespace vanished)
     removed_at: float | None = None
     note: str = ""
+    # kind "edit" (fwtop.service.edits): the touched chain before and right after the edit,
+    # the edit itself (with fwtop's own change), its reverter's pid and systemd timer unit.
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    edit: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    timer: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

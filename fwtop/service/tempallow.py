@@ -192,8 +192,8 @@ def cleanup(journal: Journal | None = None, now: float | None = None,
     done: list[Record] = []
     with journal.locked() as records:
         for r in records:
-            if r.state not in ("active", "pending"):
-                continue
+            if r.state not in ("active", "pending") or r.kind != "allow":
+                continue  # edits are reverted by fwtop.service.edits, never removed here
             if only is not None and r.id != only:
                 continue
             if expired_only and only is None and r.expires_at > now:
