@@ -261,3 +261,29 @@ def test_capture_that_cannot_start_says_why(namespaces: Namespaces) -> None:
     assert not capture["running"]
     assert capture["off_reason"] == "packet capture: no interface 'nosuch0' here (see `ip link`)"
     assert [x["message"] for x in lines if x["type"] == "error"] == [capture["off_reason"]]
+
+
+def test_ipv6_and_udp_flows(namespaces: Namespaces) -> None:
+    top = topology(namespaces, ipv6=True)
+    assert top.client_ip6 is not None and top.fw_ip6 is not None
+    ns_run(top.fw, "iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", "9101", "-j", "DROP")
+    proc = watch_packets(top.fw, "--flow-timeout", "1")
+    try:
+        assert connect(top.client, top.fw_ip6, CLOSED, 43001) == "refused"
+        for port, sport in ((9101, 43002), (9102, 43003)):
+            ns_run(top.client, sys.executable, "-c", SENDER, "udp", top.fw_ip, str(port),
+                   str(sport))
+        time.sleep(1.8)
+    finally:
+        lines = stop(proc)
+    flows = {f["sport"]: f for f in lines if f["type"] == "flow"}
+    v6 = flows[43001]
+    assert (v6["family"], v6["state"], v6["src"], v6["dst"], v6["listener"]) == (
+        "ip6", "refused", top.client_ip6, top.fw_ip6, None)
+    assert v6["reason"] == f"refused: nothing listens on {CLOSED} (RST from {top.fw_ip6})"
+    dropped, closed = flows[43002], flows[43003]
+    assert (dropped["state"], dropped["dport"]) == ("unanswered", 9101)
+    assert dropped["reason"].startswith("no reply within 1 s to 1 datagram")
+    assert (closed["state"], closed["icmp_type"], closed["icmp_code"]) == ("rejected", 3, 3)
+    assert closed["reason"] == (f"rejected: nothing listens on 9102 (ICMP port unreachable "
+                                f"from {top.fw_ip})")
