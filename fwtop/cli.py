@@ -709,7 +709,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
         ns = resolve(netns)
         from fwtop.ui.app import run_app
 
-        run_app(netns=ns, interval=args.interval, lab=args.lab, theme=args.theme)
+        run_app(netns=ns, interval=args.interval, lab=args.lab, theme=args.theme,
+                iface=args.iface, capture_filter=args.capture_filter)
     finally:
         if created_lab:
             lab.down(lab.DEFAULT_PREFIX)

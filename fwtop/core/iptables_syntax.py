@@ -243,7 +243,7 @@ def parse_rule_args(
             else:  # _K_DATE, after -m time
                 when = _utc_seconds(val)
                 if when is None:
-                    matches.append(UnknownMatch(f"-m time {tok} {tokens[i]}"))
+                    matches.append(UnknownMatch(f"-m time {tok} {val}"))
                 elif tok == "--datestart":
                     matches.append(TimeMatch(start=when, negate=negate))
                 else:

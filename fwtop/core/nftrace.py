@@ -169,6 +169,8 @@ def group_traces(steps: list[TraceStep], traces: dict[int, KernelTrace],
     named `marker_prefix`...) starts a new packet; those steps are not kept."""
     for s in steps:
         if s.table.startswith(marker_prefix):
+            if s.chain == "forwarded" and s.trace_id in traces:
+                continue  # already marked at prerouting: the same packet, now forwarded
             if s.kind == "rule" and s.handle is not None:
                 old = traces.pop(s.trace_id, None)
                 if old is not None and old.steps:
@@ -201,11 +203,15 @@ def flow_match(proto: str, src: str | None, dst: str | None, sport: int | None,
 
 def trace_table(name: str, match: str, rate_per_s: int = 5) -> str:
     """fwtop's own trace table: base chains at prerouting and output priority -350 (before
-    conntrack, raw and DNAT), a rate limit so a flood cannot flood fwtop, the `owner` flag so
-    the kernel removes the table with fwtop's socket."""
+    conntrack, raw and DNAT), and at forward -350 for a flow known by its translated address
+    (a forwarded drop is logged after DNAT, so the prerouting match never sees it); a rate
+    limit so a flood cannot flood fwtop; the `owner` flag so the kernel removes the table with
+    fwtop's socket."""
     body = f"{match} limit rate {int(rate_per_s)}/second meta nftrace set 1"
     return (f"add table inet {name} {{ flags owner; }}\n"
             f"add chain inet {name} pre {{ type filter hook prerouting priority -350; }}\n"
+            f"add chain inet {name} forwarded {{ type filter hook forward priority -350; }}\n"
             f"add chain inet {name} out {{ type filter hook output priority -350; }}\n"
             f"add rule inet {name} pre {body}\n"
+            f"add rule inet {name} forwarded {body}\n"
             f"add rule inet {name} out {body}\n")

@@ -37,10 +37,12 @@ class TraceReport:
     traced: list[TracedPacket] = field(default_factory=list)
     legacy_tables: list[str] = field(default_factory=list)
     waited_s: float = 0.0
+    ignored: int = 0  # traced packets of another flow (the kernel reuses trace ids)
 
     def to_json(self) -> dict[str, Any]:
         return {"packets": [t.to_json() for t in self.traced],
-                "legacy_not_traced": self.legacy_tables, "waited_s": self.waited_s}
+                "legacy_not_traced": self.legacy_tables, "waited_s": self.waited_s,
+                "ignored": self.ignored}
 
     def text(self) -> str:
         lines: list[str] = []
@@ -173,8 +175,20 @@ def trace_flow(pkt: Packet, timeout: float = 10.0, count: int = 1,
     start = time.monotonic()
     match = flow_match(pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
     with NftraceSession(match) as session:
-        traces = session.collect(timeout, want=count)
+        traces = session.collect(timeout, want=count + 4)
     report.waited_s = time.monotonic() - start
     for t in traces:
-        report.traced.append(compare(evaluator, t, net, packet_from_trace(t)))
+        observed = packet_from_trace(t)
+        if observed is not None and not _same_flow(observed, pkt):
+            report.ignored += 1  # another packet under a reused trace id: not this flow
+            continue
+        report.traced.append(compare(evaluator, t, net, observed))
+        if len(report.traced) >= count:
+            break
     return report
+
+
+def _same_flow(seen: Packet, want: Packet) -> bool:
+    return (seen.proto == want.proto and seen.src == want.src and seen.dst == want.dst
+            and (want.dport is None or seen.dport == want.dport)
+            and (want.sport is None or seen.sport == want.sport))

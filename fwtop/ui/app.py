@@ -39,6 +39,12 @@ from fwtop.ui.conntrack import (
     ConntrackScreen,
     ConntrackUpdated,
 )
+from fwtop.ui.packets import (
+    CaptureFactory,
+    CaptureHandle,
+    PacketsPane,
+    default_capture_factory,
+)
 from fwtop.ui.render import (
     Cell,
     HeaderState,
@@ -168,6 +174,7 @@ class FwtopApp(App[None]):
         Binding("tab", "focus_next", "Next pane", show=False),
         Binding("1", "focus_pane('drops')", "Drops", id="pane-drops", show=False),
         Binding("2", "focus_pane('rules')", "Rules", id="pane-rules", show=False),
+        Binding("3", "focus_pane('packets')", "Packets", id="pane-packets", show=False),
         Binding("c", "conntrack", "Conntrack", id="conntrack",
                 tooltip="Conntrack table: how full, how fast, who fills it"),
         Binding("t", "trace_drop", "Trace", id="trace",
@@ -185,8 +192,12 @@ class FwtopApp(App[None]):
                  net_factory: Callable[[], NetContext] | None = None,
                  netns: NetNamespace | None = None,
                  conntrack_factory: ConntrackFactory | None = None,
-                 edits_enabled: bool = False) -> None:
+                 edits_enabled: bool = False,
+                 capture_factory: CaptureFactory | None = None) -> None:
         super().__init__()
+        self._capture_factory = capture_factory
+        self._capture: CaptureHandle | None = None
+        self._left = "drops"  # which of Packets / Drops a narrow terminal shows
         # Writing to the firewall (allow, revert) only against a real namespace or host, never
         # from an app fed by fakes (tests).
         self._edits_enabled = edits_enabled
@@ -238,6 +249,7 @@ class FwtopApp(App[None]):
             yield ConntrackGauge(id="ct-gauge")
         # The Packets pane (a later issue) joins these two in this row.
         with Horizontal(id="panes"):
+            yield PacketsPane(id="packets-pane")
             with Vertical(id="drops-pane"):
                 yield DropsTable(id="drops")
                 yield Static(id="drop-detail", markup=False)
@@ -284,6 +296,19 @@ class FwtopApp(App[None]):
                 self._on_error(f"drop readers did not start: {type(exc).__name__}: {exc}")
         else:
             self._q("#drops-pane").display = False
+        pane = self._q(PacketsPane)
+        if self._capture_factory is not None:
+            pane.mount(FilterInput(placeholder="filter packets: words all present, e.g. "
+                                               "\"tcp 8081\" or \"unanswered\"",
+                                   id="packet-filter", compact=True))
+            self._capture = self._capture_factory(pane.feed, self._on_error)
+            pane.raw_of = self._capture.raw
+            try:
+                self._capture.start()
+            except Exception as exc:
+                self._capture = None
+                self._on_error(f"packet capture did not start: {type(exc).__name__}: {exc}")
+        self._layout_panes()
         if self._edits_enabled:
             self._poll_temp()
             self.set_interval(1.0, self._poll_temp)
@@ -309,6 +334,9 @@ class FwtopApp(App[None]):
         ct, self._ct = self._ct, None
         if ct is not None:
             await asyncio.to_thread(ct.stop)
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            await asyncio.to_thread(capture.stop)
         # The threads may be mid-poll or mid-read: join them off the UI thread.
         if monitor is not None:
             await asyncio.to_thread(monitor.stop)
@@ -729,8 +757,17 @@ class FwtopApp(App[None]):
 
     # --- actions --------------------------------------------------------------------------
 
+    def on_packets_pane_pcap_written(self, message: PacketsPane.PcapWritten) -> None:
+        self.notify(f"wrote {message.count} packets to {message.path} (tcpdump -r / Wireshark)",
+                    timeout=6)
+
+    def on_packets_pane_failed(self, message: PacketsPane.Failed) -> None:
+        self._error = message.error
+        self._show_status()
+
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+        self._q(PacketsPane).set_paused(self.paused)
         if not self.paused:
             self._show_drop_rows()
         self._show_drops_frame()
@@ -757,19 +794,47 @@ class FwtopApp(App[None]):
         focused = self.focused
         if focused is self.table or (focused is not None and focused.id == "filter"):
             self._filter_target = "rules"
+        elif focused is not None and (focused.id == "packet-filter" or (
+                isinstance(focused, DataTable) and isinstance(focused.parent, PacketsPane))):
+            self._filter_target = "packets"
         elif focused is not None and focused.id in ("drops", "drop-filter"):
             self._filter_target = "drops"
             if focused.id == "drops":
                 self._show_drop_detail()  # and select its rule in the Rules pane
 
     def action_focus_pane(self, pane: str) -> None:
+        if pane in ("drops", "packets") and self._left != pane:
+            self._left = pane
+            self._layout_panes()
+        if pane == "packets":
+            if self._capture is not None:
+                self._q(PacketsPane).table.focus()
+            return
         target = self.drops_table if pane == "drops" else self.table
         if target.display and self._q(f"#{pane}-pane").display:
             target.focus()
 
+    def on_resize(self, _: object) -> None:
+        self._layout_panes()
+
+    def _layout_panes(self) -> None:
+        """All three panes side by side from 150 columns; below that Rules plus one of Packets
+        and Drops (1 / 3 switch), so each keeps a usable width at 100 columns."""
+        try:
+            packets = self._q(PacketsPane)
+            drops = self._q("#drops-pane")
+        except NoMatches:
+            return
+        has_packets = self._capture is not None
+        has_drops = self._drops_factory is not None
+        wide = self.size.width >= 150
+        packets.display = has_packets and (wide or self._left == "packets" or not has_drops)
+        drops.display = has_drops and (wide or self._left == "drops" or not has_packets)
+
     def _filter_box(self, target: str | None = None) -> FilterInput:
         name = target or self._filter_target
-        return self._q("#drop-filter" if name == "drops" else "#filter", FilterInput)
+        box_id = {"drops": "#drop-filter", "packets": "#packet-filter"}.get(name, "#filter")
+        return self._q(box_id, FilterInput)
 
     def action_filter(self) -> None:
         box = self._filter_box()
@@ -785,20 +850,26 @@ class FwtopApp(App[None]):
     def _close_filter(self, box: FilterInput, cleared: bool) -> None:
         if cleared or not box.value:
             box.remove_class("-visible")
-        (self.drops_table if box.id == "drop-filter" else self.table).focus()
+        if box.id == "packet-filter":
+            self._q(PacketsPane).table.focus()
+        else:
+            (self.drops_table if box.id == "drop-filter" else self.table).focus()
 
     def on_input_changed(self, event: FilterInput.Changed) -> None:
         if event.input.id == "filter" and event.value != self.needle:
             self.needle = event.value
             self._rerender()
+        elif event.input.id == "packet-filter":
+            self._q(PacketsPane).set_filter(event.value)
         elif event.input.id == "drop-filter" and event.value != self.drop_needle:
             self.drop_needle = event.value
             self._show_drop_rows()
             self._show_drops_frame()
 
     def on_filter_input_closed(self, event: FilterInput.Closed) -> None:
-        box = self._q("#drop-filter" if event.box_id == "drop-filter" else "#filter",
-                             FilterInput)
+        box_id = {"drop-filter": "#drop-filter", "packet-filter": "#packet-filter"}.get(
+            event.box_id or "", "#filter")
+        box = self._q(box_id, FilterInput)
         self._close_filter(box, event.cleared)
 
     def action_help(self) -> None:
@@ -823,7 +894,9 @@ class FwtopApp(App[None]):
 def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: bool = False,
               monitor_factory: MonitorFactory | None = None,
               drops_factory: DropsFactory | None = None, real_drops: bool = True,
-              nflog_groups: tuple[int, ...] = ()) -> FwtopApp:
+              nflog_groups: tuple[int, ...] = (),
+              capture_factory: CaptureFactory | None = None, real_capture: bool = True,
+              iface: str | None = None, capture_filter: str | None = None) -> FwtopApp:
     """The one way to build the app (the CLI and the tests). `monitor_factory(on_rules,
     on_error)` returns an object with start()/stop()/poll_now(); by default the real Monitor
     polling `netns` every `interval` seconds. `drops_factory(on_batch, on_error)` likewise for
@@ -833,12 +906,16 @@ def build_app(netns: NetNamespace | None = None, interval: float = 1.0, lab: boo
         drops_factory = default_drops_factory(netns, nflog_groups)
     net_factory = None
     conntrack_factory = None
+    if capture_factory is None and real_capture and monitor_factory is None:
+        capture_factory = default_capture_factory(netns, iface=iface,
+                                                  capture_filter=capture_filter)
     if monitor_factory is None:  # the real namespace: its routes, its conntrack table
         net_factory = default_net_factory(netns)
         conntrack_factory = default_conntrack_factory(netns)
     return FwtopApp(factory, netns_name=netns.name if netns is not None else "host", lab=lab,
                     drops_factory=drops_factory, net_factory=net_factory, netns=netns,
-                    conntrack_factory=conntrack_factory, edits_enabled=monitor_factory is None)
+                    conntrack_factory=conntrack_factory, edits_enabled=monitor_factory is None,
+                    capture_factory=capture_factory)
 
 
 def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:
@@ -852,7 +929,9 @@ def default_net_factory(netns: NetNamespace | None) -> Callable[[], NetContext]:
 
 
 def run_app(netns: NetNamespace | None, interval: float = 1.0, lab: bool = False,
-            nflog_groups: tuple[int, ...] = (), theme: str = "dark") -> None:
-    app = build_app(netns=netns, interval=interval, lab=lab, nflog_groups=nflog_groups)
+            nflog_groups: tuple[int, ...] = (), theme: str = "dark", iface: str | None = None,
+            capture_filter: str | None = None) -> None:
+    app = build_app(netns=netns, interval=interval, lab=lab, nflog_groups=nflog_groups,
+                    iface=iface, capture_filter=capture_filter)
     app.theme = "textual-light" if theme == "light" else "textual-dark"
     app.run()

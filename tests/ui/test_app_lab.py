@@ -129,6 +129,11 @@ async def test_lab_drops_show_live_and_agree_with_the_kernel() -> None:
                 return sum(s.received for s in app.drop_stats if s.source == "nflog")
 
             await until(lambda: app.drops_table.row_count >= 5, "the lab's drops")
+            from fwtop.ui.packets import PacketsPane
+
+            packets = app.query_one(PacketsPane)
+            await until(lambda: len(packets.packet_log) >= 5, "captured packets")
+            assert packets.display  # 200 columns: all three panes side by side
             prefixes = {e.prefix for e in app.drops_table.events}
             assert prefixes & {"fwlab-input-drop", "fwlab-fwd-drop", "fwlab-noping"}
             assert "nflog" in str(app.query_one("#drops-pane").border_title)

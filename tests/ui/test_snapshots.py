@@ -76,10 +76,11 @@ def test_explanation_of_a_drop(snap_compare: Callable[..., bool]) -> None:
         await settle(pilot)
         await pilot.press("1", "enter")
         deadline = time.monotonic() + 5
-        while "DROPPED" not in getattr(pilot.app.screen, "text", ""):
+        while "DROPPED" not in getattr(pilot.app.screen, "text", "") or "DROPPED" not in str(
+                pilot.app.screen.query_one("#explain-text").render()):
             assert time.monotonic() < deadline
             await pilot.pause(0.05)
-        await pilot.pause(0.2)
+        await pilot.pause(0.5)
 
     assert snap_compare(app_with_drops(), terminal_size=(160, 36), run_before=before)
 
@@ -96,10 +97,11 @@ def test_allow_dialog(snap_compare: Callable[..., bool]) -> None:
         pilot.app.push_screen(AllowScreen("tcp 10.77.1.2:40001 → 10.77.1.1:8080",
                                           lambda ttl: preview, lambda ttl: "applied"))
         deadline = time.monotonic() + 5
-        while "fwtop will add" not in getattr(pilot.app.screen, "text", ""):
+        while "fwtop will add" not in getattr(pilot.app.screen, "text", "") or \
+                "fwtop will add" not in str(pilot.app.screen.query_one("#allow-text").render()):
             assert time.monotonic() < deadline
             await pilot.pause(0.05)
-        await pilot.pause(0.2)
+        await pilot.pause(0.5)
 
     assert snap_compare(app_with_drops(), terminal_size=(160, 36), run_before=before)
 

@@ -113,3 +113,12 @@ def test_fast_split_agrees_with_shlex(pieces: list[str], sep: str) -> None:
     except ValueError:
         expected = None
     assert _split(line) == expected
+
+
+def test_time_match_dates_and_a_missing_value_never_raise() -> None:
+    from fwtop.core.model import TimeMatch
+
+    matches, *_ = parse_rule_args("-m time --datestop 2030-01-01T00:00:00 -j ACCEPT".split())
+    assert matches == (TimeMatch(stop=1893456000.0),)
+    bad, *_ = parse_rule_args("-m time --datestart".split())
+    assert isinstance(bad[0], UnknownMatch)
