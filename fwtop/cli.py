@@ -692,6 +692,25 @@ def cmd_exporter(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _lab_down_on_hangup(prefix: str) -> None:
+    """A dropped SSH session (SIGHUP) or a kill (SIGTERM) must not leave the lab behind: tear
+    it down, then die of the signal as usual."""
+    import os
+    import signal
+
+    from fwtop import lab
+
+    def handler(signum: int, _frame: object) -> None:
+        try:
+            lab.down(prefix)
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from fwtop import lab
 
@@ -704,6 +723,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         if not lab.is_up(lab.DEFAULT_PREFIX):
             lab.up(lab.DEFAULT_PREFIX)
             created_lab = True
+            _lab_down_on_hangup(lab.DEFAULT_PREFIX)
         netns = f"{lab.DEFAULT_PREFIX}-fw"
     try:
         ns = resolve(netns)
