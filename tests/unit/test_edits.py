@@ -444,3 +444,19 @@ def test_conntrack_flows() -> None:
         {"proto": "tcp", "src": "10.0.0.8", "dst": "10.0.0.2", "sport": 5000, "dport": 22},
         {"proto": "icmp", "src": "10.0.0.8", "dst": "10.0.0.2", "icmp_type": 8,
          "icmp_code": 0}]
+
+
+def test_systemd_timer_is_a_second_line_only_where_pid1_is_systemd() -> None:
+    from fwtop.firewall.edits import systemd_status, systemd_timer_argv
+
+    argv = systemd_timer_argv("0123abcd", 7.2, "/usr/bin/python3",
+                              {"FWTOP_STATE_DIR": "/tmp/s", "PATH": "/bin"})
+    assert argv[:3] == ["systemd-run", "--quiet", "--collect"]
+    assert "--unit=fwtop-revert-0123abcd" in argv and "--on-active=8s" in argv
+    assert "--setenv=FWTOP_STATE_DIR=/tmp/s" in argv and not any("PATH" in a for a in argv)
+    assert argv[-5:] == ["/usr/bin/python3", "-m", "fwtop.service.reverter", "0123abcd", "--now"]
+    ok, why = systemd_status()
+    with open("/proc/1/comm") as f:
+        assert ok == (f.read().strip() == "systemd" and why == "systemd transient timer")
+    if not ok:
+        assert "systemd" in why
