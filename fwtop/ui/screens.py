@@ -27,6 +27,12 @@ row lights up.
 
 ## Panes
 
+* **Packets**: what actually arrives and leaves (AF_PACKET capture, kernel drops and sampling
+  counted in the title), each packet coloured by what became of its flow: **unanswered** (a
+  SYN, request or ping with no reply: dropped on the way, the "timed out" symptom),
+  **refused** (answered by RST: nothing listens, or a REJECT with tcp-reset; the summary says
+  which), **rejected** (answered by ICMP unreachable / admin-prohibited), **pmtu** (ICMP
+  fragmentation-needed seen). `enter` dissects a packet, `w` writes the list to a pcap.
 * **Drops**: every packet the firewall logged or dropped, newest first: NFLOG, kernel LOG lines,
   and on the host the drop-reason tracepoint (policy drops nobody logs). The **rule** column
   names the rule or chain policy that dropped it (a `?` means fwtop is not certain: enter
