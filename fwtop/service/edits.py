@@ -9,13 +9,12 @@ countdown. All run the kernel work in the namespace on a thread of their own.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -652,14 +651,6 @@ def finish_overdue(journal: Journal | None = None, now: float | None = None) -> 
     return done
 
 
-def stop_reverter(r: Record) -> None:
-    """For tests and teardown: end this record's reverter (only if it is really ours)."""
-    if _reverter_alive(r):
-        assert r.pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(r.pid, signal.SIGKILL)
-
-
 def edit_json(r: Record, prev: Preview | None = None) -> dict[str, Any]:
     """The `fwtop edit --json` object."""
     out: dict[str, Any] = {"id": r.id, "deadline": round(r.expires_at, 3), "state": r.state,
@@ -671,8 +662,4 @@ def edit_json(r: Record, prev: Preview | None = None) -> dict[str, Any]:
                     "commands": prev.commands.splitlines(), "warnings": prev.warnings,
                     "backup": prev.backup, "edit": prev.edit.to_json()})
     return out
-
-
-def describe(records: Sequence[Record]) -> list[str]:
-    return [f"{r.id} {r.state}: {r.text} ({r.note})" for r in records]
 
