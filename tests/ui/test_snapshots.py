@@ -50,7 +50,7 @@ def app_with_drops() -> FwtopApp:
 
 async def settle(pilot: Any) -> None:
     app = pilot.app
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while app.shown is None:
         assert time.monotonic() < deadline
         await pilot.pause(0.05)
@@ -75,7 +75,7 @@ def test_explanation_of_a_drop(snap_compare: Callable[..., bool]) -> None:
     async def before(pilot: Any) -> None:
         await settle(pilot)
         await pilot.press("1", "enter")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while "DROPPED" not in getattr(pilot.app.screen, "text", "") or "DROPPED" not in str(
                 pilot.app.screen.query_one("#explain-text").render()):
             assert time.monotonic() < deadline
@@ -96,7 +96,7 @@ def test_allow_dialog(snap_compare: Callable[..., bool]) -> None:
                    "ACCEPT\n\nenter: apply · esc: cancel")
         pilot.app.push_screen(AllowScreen("tcp 10.77.1.2:40001 → 10.77.1.1:8080",
                                           lambda ttl: preview, lambda ttl: "applied"))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while "fwtop will add" not in getattr(pilot.app.screen, "text", "") or \
                 "fwtop will add" not in str(pilot.app.screen.query_one("#allow-text").render()):
             assert time.monotonic() < deadline
