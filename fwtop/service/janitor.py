@@ -29,7 +29,7 @@ def main() -> int:
     while True:
         try:
             cleanup(journal, now=time.time() - GRACE_S)
-            pending = active(journal)
+            pending = [r for r in active(journal) if r.kind == "allow"]  # edits: reverter
         except JournalError as exc:
             print(f"fwtop janitor: {exc}", file=sys.stderr)
             return 1
