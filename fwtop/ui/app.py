@@ -26,11 +26,14 @@ from textual.widgets import DataTable, Footer, Static
 from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Attribution, Correlator, attribute_by_counters, packet_of
 from fwtop.core.droplog import DropLog
+from fwtop.core.edits import ChainRef, Edit, RuleRef
 from fwtop.core.evaluator import NetContext, Packet
 from fwtop.core.events import DropEvent, SourceStats
+from fwtop.core.model import Chain, Rule
 from fwtop.core.tempallow import AllowRequest
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.drops import DropBatch
+from fwtop.service.edits import Preview as EditPreview
 from fwtop.service.journal import Record
 from fwtop.service.rules import RulesView
 from fwtop.ui.conntrack import (
@@ -167,7 +170,14 @@ class FwtopApp(App[None]):
         Binding("a", "allow_drop", "Allow", id="allow",
                 tooltip="Open the selected drop's flow for a while (the kernel closes it)"),
         Binding("r", "temp_rules", "Temp rules", id="temp",
-                tooltip="Active temporary rules: revert, extend"),
+                tooltip="Active temporary rules and edits: revert, extend, confirm"),
+        Binding("d", "edit_delete", "Delete rule", id="edit-delete", show=False,
+                tooltip="Delete the selected rule, reverted by itself unless confirmed (C)"),
+        Binding("P", "edit_policy", "Flip policy", id="edit-policy", show=False,
+                tooltip="Flip the selected chain's policy (drop/accept), reverted unless "
+                        "confirmed (C)"),
+        Binding("C", "confirm_edit", "Confirm edit", id="edit-confirm", show=False,
+                tooltip="Keep the newest pending edit (cancel its automatic revert)"),
         Binding("slash", "filter", "Filter", id="filter", key_display="/",
                 tooltip="Filter rules by text, comment or chain"),
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
@@ -203,6 +213,7 @@ class FwtopApp(App[None]):
         self._edits_enabled = edits_enabled
         self.clock: Callable[[], float] = time.time  # wall clock for display (tests pin it)
         self.temp_records: list[Record] = []
+        self._edit_preview: EditPreview | None = None
         self._warned: set[str] = set()
         self._conntrack_factory = conntrack_factory
         self._ct: ConntrackHandle | None = None
@@ -512,8 +523,6 @@ class FwtopApp(App[None]):
             pass
 
     def _allow_request(self, e: DropEvent, ttl: int) -> AllowRequest:
-        from fwtop.core.tempallow import AllowRequest
-
         hook = e.hook if e.hook in ("input", "forward") else None
         return AllowRequest(proto=e.proto or "", src=e.src, dst=e.dst,
                             dport=e.dport if e.proto in ("tcp", "udp", "sctp") else None,
@@ -565,19 +574,121 @@ class FwtopApp(App[None]):
             return [r for r in tempallow.active() if r.netns == netns]
 
         def revert(allow_id: str) -> str:
-            r = tempallow.revert(allow_id)
+            from fwtop.service import edits
+
+            if edits.is_edit(allow_id):
+                r = edits.revert(allow_id)
+            else:
+                r = tempallow.revert(allow_id)
             return f"reverted {r.id} ({r.note})"
 
         def extend(allow_id: str, seconds: int) -> str:
-            r = tempallow.extend(allow_id, seconds)
+            from fwtop.service import edits
+
+            if edits.is_edit(allow_id):
+                r = edits.extend(allow_id, seconds)
+            else:
+                r = tempallow.extend(allow_id, seconds)
             self._warned.discard(allow_id)
             return f"{r.id} now closes in {int(r.expires_at - time.time())} s"
+
+        def confirm(edit_id: str) -> str:
+            from fwtop.service import edits
+
+            if not edits.is_edit(edit_id):
+                return f"{edit_id} is a temporary allow: it always closes (extend it instead)"
+            r = edits.confirm(edit_id)
+            return f"edit {r.id} confirmed: it stays"
 
         if not self._edits_enabled:
             self.notify("Temporary rules need the real firewall (not available here).",
                         timeout=3)
             return
-        self.push_screen(TempScreen(records, revert, extend))
+        self.push_screen(TempScreen(records, revert, extend, confirm))
+
+    # --- commit-confirmed edits (issue 9) ---------------------------------------------------
+
+    def _selected_rule(self) -> tuple[Rule | None, Chain | None]:
+        key = self.table.cursor_key
+        if key is None or self.shown is None:
+            return None, None
+        for chain in self.shown.ruleset.chains():
+            if key == f"chain|{chain.backend}|{chain.family}|{chain.table}|{chain.name}":
+                return None, chain
+            for rule in chain.rules:
+                if rule.key == key:
+                    return rule, chain
+        return None, None
+
+    def _start_edit(self, edit: Edit, title: str) -> None:
+        if not self._edits_enabled:
+            self.notify("Editing needs the real firewall (not available here).", timeout=3)
+            return
+        from fwtop.service import edits
+
+        netns = self._netns_name
+        traffic = edits.traffic_from_events(list(self.drop_log.recent))
+
+        def preview(_: int) -> str:
+            prev = edits.preview(edit, netns, traffic)
+            self._edit_preview = prev
+            lines = [prev.subject, "", *prev.diff, "", *prev.impact.summary()]
+            lines += [f"warning: {w}" for w in prev.warnings]
+            lines += ["", f"reverts by itself in {edit.confirm_within} s unless confirmed "
+                      "(C, or r then c); " + prev.backup, "", "enter: apply · esc: cancel"]
+            return "\n".join(lines)
+
+        def apply(_: int) -> str:
+            prev = self._edit_preview
+            if prev is None:
+                raise RuntimeError("no preview")
+            record = edits.apply(prev)
+            self.call_from_thread(self._poll_temp)
+            return (f"applied: edit {record.id}; it reverts at the deadline unless you press C "
+                    "(or r, then c)\n\nenter/esc: close")
+
+        self._edit_preview = None
+        self.push_screen(AllowScreen(title, preview, apply, ttl=edit.confirm_within,
+                                     verb="Edit"))
+
+    def action_edit_delete(self) -> None:
+        rule, _chain = self._selected_rule()
+        if rule is None:
+            self.notify("Select a rule in the Rules pane (2) first.", timeout=3)
+            return
+        ref = RuleRef(rule.table, rule.chain,
+                      handle=rule.handle if rule.backend != "iptables-legacy" else None,
+                      position=rule.position if rule.backend == "iptables-legacy" else None,
+                      family=rule.family)
+        self._start_edit(Edit("delete", rule=ref, expect_text=rule.text),
+                         f"delete {rule.chain} #{rule.position}")
+
+    def action_edit_policy(self) -> None:
+        _rule, chain = self._selected_rule()
+        if chain is None or chain.policy is None:
+            self.notify("Select a base chain (its header row) in the Rules pane first.",
+                        timeout=3)
+            return
+        verdict = "accept" if chain.policy.verdict == "drop" else "drop"
+        self._start_edit(Edit("policy", chain=ChainRef(chain.table, chain.name, chain.family),
+                              verdict=verdict),
+                         f"policy of {chain.table} {chain.name} → {verdict}")
+
+    def action_confirm_edit(self) -> None:
+        from fwtop.service import edits
+
+        mine = [r for r in self.temp_records if r.kind == "edit"]
+        if not mine:
+            self.notify("No pending edit to confirm.", timeout=3)
+            return
+        newest = max(mine, key=lambda r: r.created)
+        try:
+            edits.confirm(newest.id)
+        except Exception as exc:
+            self.notify(f"could not confirm {newest.id}: {exc}", severity="error", timeout=6)
+            return
+        self.notify(f"edit {newest.id} confirmed: it stays", timeout=4)
+        self._poll_temp()
 
     def action_trace_drop(self) -> None:
         e = self.drops_table.selected

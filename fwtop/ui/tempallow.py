@@ -30,8 +30,10 @@ class AllowScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "dismiss", "Cancel", id="allow-cancel")]
 
     def __init__(self, flow: str, preview: Callable[[int], str],
-                 apply: Callable[[int], str], ttl: int = 300) -> None:
+                 apply: Callable[[int], str], ttl: int = 300,
+                 verb: str = "Allow for a while") -> None:
         super().__init__()
+        self._verb = verb
         self._flow = flow
         self._preview = preview
         self._apply = apply
@@ -47,8 +49,9 @@ class AllowScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         body = self.query_one("#allow-body")
-        body.border_title = f"Allow for a while: {self._flow}"
-        body.border_subtitle = "TTL (s), enter: apply · esc: cancel"
+        body.border_title = f"{self._verb}: {self._flow}"
+        body.border_subtitle = ("TTL (s), enter: apply · esc: cancel" if self._verb.startswith(
+            "Allow") else "enter: apply · esc: cancel")
         self.query_one("#allow-ttl", Input).focus()
         self._run(self._preview, self._ttl)
 
@@ -81,20 +84,24 @@ class AllowScreen(ModalScreen[None]):
 
 
 class TempScreen(ModalScreen[None]):
-    """Active temporary rules: enter/r reverts the selected one, e extends it by 5 minutes."""
+    """Active temporary rules and pending edits: enter/r reverts the selected one, e extends it
+    by 5 minutes, c confirms an edit (it stays)."""
 
     BINDINGS = [
         Binding("escape,q", "dismiss", "Close", id="temp-close"),
         Binding("r,enter", "revert", "Revert", id="temp-revert"),
         Binding("e", "extend", "Extend +5 min", id="temp-extend"),
+        Binding("c", "confirm", "Confirm edit", id="temp-confirm"),
     ]
 
     def __init__(self, records: Callable[[], list[Record]],
-                 revert: Callable[[str], str], extend: Callable[[str, int], str]) -> None:
+                 revert: Callable[[str], str], extend: Callable[[str, int], str],
+                 confirm: Callable[[str], str] | None = None) -> None:
         super().__init__()
         self._records = records
         self._revert = revert
         self._extend = extend
+        self._confirm = confirm
         self.shown: list[Record] = []
 
     def compose(self) -> ComposeResult:
@@ -104,10 +111,10 @@ class TempScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         body = self.query_one("#temp-body")
-        body.border_title = "Temporary rules (the kernel closes each at its deadline)"
-        body.border_subtitle = "r/enter revert · e +5 min · esc close"
+        body.border_title = "Temporary rules and pending edits"
+        body.border_subtitle = "r/enter revert · e +5 min · c confirm an edit · esc close"
         table = self.query_one(DataTable)
-        for label in ("id", "left", "namespace", "where", "rule"):
+        for label in ("id", "kind", "left", "namespace", "where", "rule"):
             table.add_column(label, key=label)
         self.refresh_rows()
         self.set_interval(1.0, self.refresh_rows)
@@ -120,7 +127,7 @@ class TempScreen(ModalScreen[None]):
         table.clear()
         now = time.time()
         for r in records:
-            table.add_row(r.id, countdown(r.expires_at - now), r.netns or "host",
+            table.add_row(r.id, r.kind, countdown(r.expires_at - now), r.netns or "host",
                           f"{r.backend} {r.family} {r.table} {r.chain}", safe(r.text), key=r.id)
         if records:
             table.move_cursor(row=min(row, len(records) - 1))
@@ -151,6 +158,12 @@ class TempScreen(ModalScreen[None]):
         r = self._selected()
         if r is not None:
             self._do(lambda: self._revert(r.id))
+
+    def action_confirm(self) -> None:
+        r = self._selected()
+        if r is not None and self._confirm is not None:
+            confirm = self._confirm
+            self._do(lambda: confirm(r.id))
 
     def action_extend(self) -> None:
         r = self._selected()

@@ -60,7 +60,7 @@ async def test_live_counter_matches_the_kernel(namespaces: Namespaces) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.table
 
-        async def until(cond: object, what: str, timeout: float = 15.0) -> None:
+        async def until(cond: object, what: str, timeout: float = 40.0) -> None:
             deadline = time.monotonic() + timeout
             while not cond():  # type: ignore[operator]
                 assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -119,7 +119,7 @@ async def test_lab_drops_show_live_and_agree_with_the_kernel() -> None:
     try:
         app = build_app(netns=resolve(state.fw_ns), interval=0.5)
         async with app.run_test(size=(200, 50)) as pilot:
-            async def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+            async def until(cond: Callable[[], bool], what: str, timeout: float = 40.0) -> None:
                 deadline = time.monotonic() + timeout
                 while not cond():
                     assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -72,14 +72,24 @@ def test_main_view_100x30(snap_compare: Callable[..., bool]) -> None:
 
 
 def test_explanation_of_a_drop(snap_compare: Callable[..., bool]) -> None:
+    """The explanation screen with the real evaluator's text for the selected drop (computed
+    here rather than on the app's worker thread, so the snapshot never races it)."""
+    from fwtop.core.correlate import packet_of
+    from fwtop.service.explain import explain_in_namespace
+    from fwtop.ui.render_drops import flow_text
+    from fwtop.ui.screens import ExplainScreen
+
     async def before(pilot: Any) -> None:
         await settle(pilot)
-        await pilot.press("1", "enter")
-        deadline = time.monotonic() + 30
-        while "DROPPED" not in getattr(pilot.app.screen, "text", "") or "DROPPED" not in str(
-                pilot.app.screen.query_one("#explain-text").render()):
-            assert time.monotonic() < deadline
-            await pilot.pause(0.05)
+        app = pilot.app
+        await pilot.press("1")
+        e = app.drops_table.selected
+        pkt = packet_of(e)
+        assert pkt is not None and app.correlator.evaluator is not None
+        text = explain_in_namespace(pkt, net=app._net_context(),
+                                    evaluator=app.correlator.evaluator).text()
+        assert text.startswith("DROPPED")
+        app.push_screen(ExplainScreen(flow_text(e), initial=text))
         await pilot.pause(0.5)
 
     assert snap_compare(app_with_drops(), terminal_size=(160, 36), run_before=before)

@@ -1,0 +1,56 @@
+"""Real kernel: `d` on a rule in the Rules pane previews the edit, enter applies it (the rule
+is gone from the kernel), `C` confirms it so the reverter leaves it. (The automatic revert of
+unconfirmed edits is proven in tests/kernel/test_edits_kernel.py.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fwtop.firewall.netns import resolve
+from fwtop.ui.app import build_app
+from fwtop.ui.tempallow import AllowScreen
+from tests.conftest import Namespaces, needs, ns_run
+from tests.kernel.explain_harness import topology
+
+pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-restore")]
+
+
+async def test_delete_a_rule_then_confirm(namespaces: Namespaces, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FWTOP_STATE_DIR", str(tmp_path / "state"))
+    top = topology(namespaces)
+    ns_run(top.fw, "iptables-nft-restore", input="*filter\n:INPUT ACCEPT [0:0]\n"
+           '-A INPUT -p tcp --dport 7700 -m comment --comment "bad drop" -j DROP\nCOMMIT\n')
+    app = build_app(netns=resolve(top.fw), interval=0.5, real_drops=False,
+                    real_capture=False)
+    async with app.run_test(size=(160, 45)) as pilot:
+        async def until(cond: Callable[[], bool], what: str, timeout: float = 40.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not cond():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await pilot.pause(0.05)
+
+        await until(lambda: app.shown is not None, "the first poll")
+        rule = next(r for r in app.shown.ruleset.rules() if r.comment == "bad drop")  # type: ignore[union-attr]
+        await pilot.press("2")
+        assert app.table.select_key(rule.key)
+        await pilot.press("d")
+        await until(lambda: isinstance(app.screen, AllowScreen), "the edit dialog")
+        screen = app.screen
+        assert isinstance(screen, AllowScreen)
+        await until(lambda: "reverts by itself" in screen.text, "the preview")
+        assert "bad drop" in screen.text
+        await pilot.press("enter")
+        await until(lambda: "applied: edit" in screen.text, "the edit")
+        assert "bad drop" not in ns_run(top.fw, "iptables-nft-save").stdout
+        await pilot.press("escape")
+        await until(lambda: any(r.kind == "edit" for r in app.temp_records), "the countdown")
+        await pilot.press("C")
+        await until(lambda: not any(r.kind == "edit" for r in app.temp_records),
+                    "the confirmation")
+    time.sleep(1.5)
+    assert "bad drop" not in ns_run(top.fw, "iptables-nft-save").stdout  # stays deleted
