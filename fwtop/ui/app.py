@@ -393,20 +393,25 @@ class FwtopApp(App[None]):
 
     # --- rendering (UI thread) ------------------------------------------------------------
 
-    def on_drops_ready(self, _: DropsReady) -> None:
-        wait = self._last_drops_render + MIN_RENDER_INTERVAL - time.monotonic()
-        if wait > 0:
-            if not self._drops_timer_armed:
-                self._drops_timer_armed = True
-                self.set_timer(wait, self._render_drops)
-            return
-        self._render_drops()
+    def _throttled(self, last: float, armed: str, render: Callable[[], None]) -> None:
+        """Call `render` now, or once when MIN_RENDER_INTERVAL since `last` has passed (the
+        flag named `armed` says a timer is already set: requests in between coalesce)."""
+        wait = last + MIN_RENDER_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._quietly(render)
+        elif not getattr(self, armed):
+            setattr(self, armed, True)
+            self.set_timer(wait, lambda: self._quietly(render))
 
-    def _render_drops(self) -> None:
+    @staticmethod
+    def _quietly(render: Callable[[], None]) -> None:
         try:
-            self._render_drops_now()
+            render()
         except NoMatches:  # data that arrives while the app shuts down has nowhere to go
             pass
+
+    def on_drops_ready(self, _: DropsReady) -> None:
+        self._throttled(self._last_drops_render, "_drops_timer_armed", self._render_drops_now)
 
     def _render_drops_now(self) -> None:
         self._drops_timer_armed = False
@@ -767,19 +772,7 @@ class FwtopApp(App[None]):
             + off_segments(self.drop_stats)))
 
     def on_view_ready(self, _: ViewReady) -> None:
-        wait = self._last_render + MIN_RENDER_INTERVAL - time.monotonic()
-        if wait > 0:
-            if not self._render_timer_armed:
-                self._render_timer_armed = True
-                self.set_timer(wait, self._render_newest)
-            return
-        self._render_newest()
-
-    def _render_newest(self) -> None:
-        try:
-            self._render_newest_now()
-        except NoMatches:  # data that arrives while the app shuts down has nowhere to go
-            pass
+        self._throttled(self._last_render, "_render_timer_armed", self._render_newest_now)
 
     def _render_newest_now(self) -> None:
         self._render_timer_armed = False
