@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_watch.add_argument("--nflog-group", type=int, action="append", default=[], metavar="N",
                          help="also listen on this NFLOG group (groups used by the ruleset "
                               "are found automatically)")
+    p_watch.add_argument("--counters", type=float, default=None, metavar="S",
+                         help="every S seconds, a counters line: the rules and policies whose "
+                              "counters moved, with deltas and rates")
     p_watch.add_argument("--stats-interval", type=float, default=1.0, metavar="S",
                          help="seconds between stats lines (default 1)")
     p_watch.add_argument("--conntrack-interval", type=float, default=1.0, metavar="S",
@@ -622,6 +625,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise CliError("--conntrack-interval must be 0 (off) or a positive number of seconds")
     if args.conntrack_breakdown is not None and args.conntrack_breakdown <= 0:
         raise CliError("--conntrack-breakdown must be a positive number of seconds")
+    if args.counters is not None and args.counters <= 0:
+        raise CliError("--counters must be a positive number of seconds")
     packets = _capture_options(args)
     ns = resolve(args.netns)
     if ns is not None:
@@ -629,7 +634,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(sys.stdout, ns, args.nflog_group, args.duration, args.stats_interval,
                  conntrack_interval=args.conntrack_interval or None,
                  conntrack_breakdown=args.conntrack_breakdown,
-                 conntrack_events=args.conntrack_events, packets=packets)
+                 conntrack_events=args.conntrack_events, packets=packets,
+                 counters_interval=args.counters)
 
 
 def _capture_options(args: argparse.Namespace) -> CaptureOptions | None:

@@ -37,6 +37,7 @@ from fwtop.firewall.netns import NetNamespace
 from fwtop.service.capture import CaptureBatch, CaptureConfig, CaptureStream
 from fwtop.service.conntrack import ConntrackMonitor
 from fwtop.service.drops import DropBatch, DropSources, DropStream
+from fwtop.service.rules import RulesView
 
 # Capture lines that arrive before the first stats line are held, at most this many.
 _HOLD_MAX = 20_000
@@ -118,11 +119,40 @@ class Attributor:
         return a.to_json()
 
 
+def _counters_line(view: RulesView) -> str:
+    """The rules and policies whose counters moved this tick, with their deltas and rates."""
+    moved: list[dict[str, object]] = []
+    where = {r.key: r for r in view.ruleset.rules()}
+    policies = {p.key: p for p in view.ruleset.policies()}
+    for key, rate in view.rates.items():
+        if rate.packets <= 0:
+            continue
+        total = view.counters.get(key)
+        item: dict[str, object] = {"packets": total.packets if total else None,
+                                   "bytes": total.bytes if total else None,
+                                   "delta_packets": rate.packets, "delta_bytes": rate.bytes,
+                                   "pps": round(rate.pps, 3), "bps": round(rate.bps, 3)}
+        if key in where:
+            r = where[key]
+            item.update(kind="rule", backend=r.backend, family=r.family, table=r.table,
+                        chain=r.chain, position=r.position, handle=r.handle,
+                        comment=r.comment, verdict=r.verdict)
+        elif key in policies:
+            p = policies[key]
+            item.update(kind="policy", backend=p.backend, family=p.family, table=p.table,
+                        chain=p.chain, verdict=p.verdict)
+        else:
+            continue
+        moved.append(item)
+    return json.dumps({"type": "counters", "ts": round(time.time(), 6), "moved": moved}) + "\n"
+
+
 def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
           duration: float | None, stats_interval: float = 1.0,
           conntrack_interval: float | None = 1.0,
           conntrack_breakdown: float | None = None, conntrack_events: bool = False,
-          packets: CaptureOptions | None = None) -> int:
+          packets: CaptureOptions | None = None,
+          counters_interval: float | None = None) -> int:
     """Stream until `duration` passes or SIGINT/SIGTERM; returns the exit code.
     `conntrack_interval` None turns the conntrack lines off; `conntrack_breakdown` (seconds)
     adds a breakdown line that often; `conntrack_events` listens to NEW/DESTROY events for
@@ -237,6 +267,19 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
             elif len(held_errors) < 100:
                 held_errors.append(message)
 
+    def on_rules(view: RulesView) -> None:
+        line = _counters_line(view)
+        with lock:
+            if started[0]:
+                write(line)
+
+    rules_monitor = None
+    if counters_interval is not None:
+        from fwtop.service.monitor import Monitor
+
+        rules_monitor = Monitor(on_rules, on_conntrack_error, netns=netns,
+                                interval=counters_interval)
+
     conntrack = None
     if conntrack_interval is not None:
         # Its own kernel-log reader: "table full" is printed whatever nf_log_all_netns says,
@@ -261,11 +304,15 @@ def watch(out: TextIO, netns: NetNamespace | None, extra_groups: list[int],
     stream.start()
     if conntrack is not None:
         conntrack.start()
+    if rules_monitor is not None:
+        rules_monitor.start()
     try:
         done.wait(duration)
     except KeyboardInterrupt:
         pass
     finally:
+        if rules_monitor is not None:
+            rules_monitor.stop()
         if conntrack is not None:
             conntrack.stop()
         if capture is not None:

@@ -181,3 +181,21 @@ def test_watch_errors_are_one_line() -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "fwtop-no-such-ns" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_counters_lines_name_the_rules_that_moved(
+        pair: tuple[str, str, str, str, str]) -> None:
+    sender, receiver, _iif, _src, dst = pair
+    ns_run(receiver, "iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", str(DPORT),
+           "-m", "comment", "--comment", "counted drop", "-j", "DROP")
+    watch = Watch("--netns", receiver, "--counters", "0.5", "--conntrack-interval", "0")
+    time.sleep(1.2)  # a first tick to have a baseline
+    send(sender, dst, 21000)
+    time.sleep(1.5)
+    lines, _ = watch.stop()
+    moved = [m for x in lines if x["type"] == "counters" for m in x["moved"]
+             if m.get("comment") == "counted drop"]
+    assert sum(m["delta_packets"] for m in moved) == COUNT == kernel_packets(receiver,
+                                                                             "counted drop")
+    assert moved[-1]["packets"] == COUNT and moved[-1]["kind"] == "rule"
+    assert moved[-1]["verdict"] == "drop" and moved[-1]["chain"] == "INPUT"
