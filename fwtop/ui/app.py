@@ -992,6 +992,26 @@ class FwtopApp(App[None]):
                             self.action_refresh)
         yield SystemCommand("Filter rules", "Narrow the rules by a substring",
                             self.action_filter)
+        yield SystemCommand("Explain the selected drop", "Its rule, path and the classic "
+                            "mistake (e, enter)", self.action_explain_drop)
+        yield SystemCommand("Trace the selected drop's flow", "The kernel's own nftrace beside "
+                            "fwtop's answer (t)", self.action_trace_drop)
+        yield SystemCommand("Allow the selected drop's flow for a while",
+                            "The kernel closes it at the deadline (a)", self.action_allow_drop)
+        yield SystemCommand("Temporary rules and pending edits", "Countdowns, revert, extend, "
+                            "confirm (r)", self.action_temp_rules)
+        yield SystemCommand("Delete the selected rule (commit-confirmed)",
+                            "Reverted by itself unless confirmed (d)", self.action_edit_delete)
+        yield SystemCommand("Flip the selected chain's policy (commit-confirmed)",
+                            "drop <-> accept, reverted unless confirmed (P)",
+                            self.action_edit_policy)
+        yield SystemCommand("Confirm the newest pending edit", "Keep it (C)",
+                            self.action_confirm_edit)
+        yield SystemCommand("Conntrack", "How full, how fast, who fills it (c)",
+                            self.action_conntrack)
+        for pane, key in (("drops", "1"), ("rules", "2"), ("packets", "3")):
+            yield SystemCommand(f"Go to the {pane.capitalize()} pane", f"({key})",
+                                lambda pane=pane: self.action_focus_pane(pane))
         yield SystemCommand("Help", "Panes, columns, keys, classic symptoms", self.action_help)
 
 
