@@ -13,6 +13,8 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 
 from fwtop.core.events import DropEvent
+from fwtop.core.filterexpr import Filter, FilterError
+from fwtop.core.filterexpr import parse as parse_filter
 
 SUMMARY_FIELDS = ("src", "dport", "prefix")
 
@@ -49,10 +51,37 @@ def event_text(e: DropEvent) -> str:
     return " ".join(parts).lower()
 
 
+def event_item(e: DropEvent) -> dict[str, object]:
+    """The event's fields for the filter language (fwtop.core.filterexpr)."""
+    return {"src": e.src, "dst": e.dst, "sport": e.sport, "dport": e.dport, "proto": e.proto,
+            "iif": e.iif, "oif": e.oif, "prefix": e.prefix, "source": e.source,
+            "verdict": "drop", "text": event_text(e)}
+
+
+_compiled: dict[str, Filter | None] = {}
+
+
+def compile_filter(needle: str) -> Filter | None:
+    """The needle as an expression (`src 10.0.0.0/8 and dport 443`), or None when it does not
+    parse (then it is matched as plain words)."""
+    if needle not in _compiled:
+        if len(_compiled) > 64:
+            _compiled.clear()
+        try:
+            _compiled[needle] = parse_filter(needle)
+        except FilterError:
+            _compiled[needle] = None
+    return _compiled[needle]
+
+
 def matches(e: DropEvent, needle: str) -> bool:
-    """Every whitespace-separated word of `needle` occurs in the event's text."""
+    """The filter expression holds for the event; a needle that is not a valid expression
+    matches when every whitespace-separated word occurs in the event's text."""
     if not needle:
         return True
+    f = compile_filter(needle)
+    if f is not None:
+        return f(event_item(e))
     text = event_text(e)
     return all(word in text for word in needle.lower().split())
 

@@ -265,8 +265,8 @@ class FwtopApp(App[None]):
                 yield DropsTable(id="drops")
                 yield Static(id="drop-detail", markup=False)
                 yield Static(id="drop-summary", markup=False)
-                yield FilterInput(placeholder="filter drops: words all present, e.g. "
-                                              "\"udp 10.77\" or \"dport 8080\"",
+                yield FilterInput(placeholder="filter drops: src 10.0.0.0/8 and dport 443 "
+                                              "and not proto udp, or plain words",
                                   id="drop-filter", compact=True)
             with Vertical(id="rules-pane"):
                 yield RulesTable(id="rules")

@@ -76,7 +76,8 @@ A bold row matched packets during the last poll: red for drop/reject, green for 
 | `p` | pause / resume the display (collection continues; resume shows the newest data) |
 | `s` | sort: busiest first (packets per second) / chain order |
 | `F5` | refresh now (poll without waiting for the interval) |
-| `/` | filter the focused pane (words that must all appear); Enter keeps it, Esc clears it |
+| `/` | filter the focused pane: `src 10.0.0.0/8 and dport 443 and not proto udp`, or \
+plain words; Enter keeps it, Esc clears it |
 | `?`, `F1` | this help |
 | ↑ ↓ PgUp PgDn | move in the table; the cursor stays on its rule as counters change |
 | `ctrl+p` | command palette (every action above) |
