@@ -69,6 +69,7 @@ from fwtop.ui.tempallow import AllowScreen, TempScreen, countdown
 from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
 
 RENDER_HZ = 10.0
+RENDER_BUDGET = 4.0  # a pane renders at most every 4x its own render time (<= 25% of the UI)
 MIN_RENDER_INTERVAL = 1.0 / RENDER_HZ
 
 
@@ -225,6 +226,7 @@ class FwtopApp(App[None]):
         self._monitor_factory = monitor_factory
         self._monitor: MonitorHandle | None = None
         self._drops_factory = drops_factory
+        self._render_cost: dict[str, float] = {}  # seconds the last render of each pane took
         self._drops: DropsHandle | None = None
         self.drop_log = DropLog()
         self._pending_drops: list[DropEvent] = []  # guarded by _lock
@@ -394,21 +396,26 @@ class FwtopApp(App[None]):
     # --- rendering (UI thread) ------------------------------------------------------------
 
     def _throttled(self, last: float, armed: str, render: Callable[[], None]) -> None:
-        """Call `render` now, or once when MIN_RENDER_INTERVAL since `last` has passed (the
-        flag named `armed` says a timer is already set: requests in between coalesce)."""
-        wait = last + MIN_RENDER_INTERVAL - time.monotonic()
+        """Call `render` now, or once the pane's interval since `last` has passed (the flag
+        named `armed` says a timer is already set: requests in between coalesce). The interval
+        is MIN_RENDER_INTERVAL, or four times what the pane's last render cost when that is
+        more: under a flood the panes render less often and key presses stay responsive."""
+        interval = max(MIN_RENDER_INTERVAL, RENDER_BUDGET * self._render_cost.get(armed, 0.0))
+        wait = last + interval - time.monotonic()
         if wait <= 0:
-            self._quietly(render)
+            self._quietly(render, armed)
         elif not getattr(self, armed):
             setattr(self, armed, True)
-            self.set_timer(wait, lambda: self._quietly(render))
+            self.set_timer(wait, lambda: self._quietly(render, armed))
 
-    @staticmethod
-    def _quietly(render: Callable[[], None]) -> None:
+    def _quietly(self, render: Callable[[], None], name: str = "") -> None:
+        started = time.perf_counter()
         try:
             render()
         except NoMatches:  # data that arrives while the app shuts down has nowhere to go
             pass
+        if name:
+            self._render_cost[name] = time.perf_counter() - started
 
     def on_drops_ready(self, _: DropsReady) -> None:
         self._throttled(self._last_drops_render, "_drops_timer_armed", self._render_drops_now)

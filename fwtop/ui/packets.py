@@ -298,6 +298,7 @@ class PacketsPane(Vertical):
         self.needle = ""
         self._last_render = 0.0
         self._timer_armed = False
+        self._render_cost = 0.0
         self.renders = 0
 
     def compose(self) -> ComposeResult:
@@ -336,7 +337,10 @@ class PacketsPane(Vertical):
 
     def on_packets_pane_ready(self, message: Ready) -> None:
         message.stop()
-        wait = self._last_render + RENDER_INTERVAL - time.monotonic()
+        # Under a flood the pane renders less often (at most a quarter of the UI's time), so
+        # key presses stay responsive.
+        interval = max(RENDER_INTERVAL, 4 * self._render_cost)
+        wait = self._last_render + interval - time.monotonic()
         if wait > 0:
             if not self._timer_armed:
                 self._timer_armed = True
@@ -345,6 +349,13 @@ class PacketsPane(Vertical):
         self._take()
 
     def _take(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._take_now()
+        finally:
+            self._render_cost = time.perf_counter() - started
+
+    def _take_now(self) -> None:
         self._timer_armed = False
         with self._lock:
             batches, self._pending = self._pending, []

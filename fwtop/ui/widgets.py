@@ -221,7 +221,7 @@ class DropsTable(DataTable[Text]):
     MAX_ROWS rows, at most ~10 times a second, and only when something changed); the cursor
     stays on the same event while newer ones push it down."""
 
-    MAX_ROWS = 200
+    MAX_ROWS = 100  # a refill per render: more rows than a tall terminal shows cost for nothing
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", **kwargs)  # type: ignore[arg-type]
