@@ -242,7 +242,10 @@ async def test_each_drop_names_its_rule_and_enter_explains_it() -> None:
         await pilot.press("up", "enter")
         await settle(pilot, lambda: isinstance(app.screen, ExplainScreen))
         text = app.screen.query_one("#explain-text")
-        await settle(pilot, lambda: "DROPPED" in str(text.render()))
+        try:
+            await settle(pilot, lambda: "DROPPED" in str(text.render()), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"explanation never came: {app.screen.text!r}") from None
         body = str(text.render())
         assert "rule ordering" in body and "#3" in body
         await pilot.press("escape")
