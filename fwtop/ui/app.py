@@ -66,7 +66,15 @@ from fwtop.ui.render_drops import (
 )
 from fwtop.ui.screens import ExplainScreen, HelpScreen
 from fwtop.ui.tempallow import AllowScreen, TempScreen, countdown
-from fwtop.ui.widgets import DropsTable, FilterInput, FwtopHeader, RulesTable, StatusLine, to_text
+from fwtop.ui.widgets import (
+    DropsTable,
+    FilterInput,
+    FwtopHeader,
+    RulesTable,
+    StatusLine,
+    set_text,
+    to_text,
+)
 
 RENDER_HZ = 10.0
 RENDER_BUDGET = 4.0  # a pane renders at most every 4x its own render time (<= 25% of the UI)
@@ -472,10 +480,10 @@ class FwtopApp(App[None]):
         e = self.drops_table.selected
         a = self.attribution(e) if e is not None else None
         if e is None or a is None:
-            detail.update("")
+            set_text(detail, "")
             return
         sure = "" if a.certain else " (not certain: enter for details)"
-        detail.update(to_text([("▸ ", "bold magenta"), (safe(a.summary), ""),
+        set_text(detail, to_text([("▸ ", "bold magenta"), (safe(a.summary), ""),
                                (sure, "dim"), ("  enter: explain", "dim")]))
         if a.key is not None and self.drops_table.has_focus:
             self.table.select_key(a.key)
@@ -774,7 +782,7 @@ class FwtopApp(App[None]):
         pane.border_title = drops_title(self.drop_stats, self.paused)
         reasons = off_reasons(self.drop_stats)
         pane.tooltip = "\n".join(reasons) if reasons else None
-        self._q("#drop-summary", Static).update(to_text(summary_segments(
+        set_text(self._q("#drop-summary", Static), to_text(summary_segments(
             self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)
             + off_segments(self.drop_stats)))
 
@@ -794,8 +802,12 @@ class FwtopApp(App[None]):
         self._render(view)
 
     def _render(self, view: RulesView) -> None:
-        first = self.shown is None or self.shown.ruleset is not view.ruleset
-        self.correlator.use(view.ruleset)
+        # A new structure only when the poller reloaded it (every tick brings a new Ruleset
+        # object with fresh counters; attribution does not read counters, so re-evaluating
+        # every drop on screen each tick would be wasted).
+        first = self.shown is None or self.shown.reloads != view.reloads
+        if first:
+            self.correlator.use(view.ruleset)
         if first and self.drops_table.events:
             self._show_drop_rows()  # the rule column can now be filled in
         self.shown = view
@@ -811,6 +823,12 @@ class FwtopApp(App[None]):
 
     def _rerender(self) -> None:
         """Show the same view again after a change of filter or sort (also while paused)."""
+        try:
+            self._rerender_now()
+        except NoMatches:  # a key typed while the app shuts down
+            pass
+
+    def _rerender_now(self) -> None:
         if self.shown is not None:
             with self.batch_update():
                 self.table.show(self._rows.rows(self.shown, self.needle, self.by_activity))

@@ -65,6 +65,7 @@ from fwtop.core.flows import flow_event_key, packet_flow_key
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.capture import CaptureBatch
 from fwtop.ui.render import DIM, Segment, clip, human_count, safe
+from fwtop.ui.widgets import set_text
 
 RENDER_INTERVAL = 0.1  # at most 10 renders a second, whatever the packet rate
 MAX_PENDING = 20_000  # packets received but not yet taken by the UI thread
@@ -257,7 +258,7 @@ class PacketsPane(Vertical):
     PacketsPane { height: 1fr; border: round $primary-darken-2; }
     PacketsPane:focus-within { border: round $accent; }
     PacketsPane > PacketsTable { height: 1fr; }
-    PacketsPane > #packet-summary { height: auto; max-height: 3; color: $text-muted; }
+    PacketsPane > #packet-summary { height: 3; color: $text-muted; }
     """
 
     BINDINGS = [
@@ -432,7 +433,7 @@ class PacketsPane(Vertical):
                 text.append("\n")
             for plain, style in line:
                 text.append(plain, style or None)
-        self.query_one("#packet-summary", Static).update(text)
+        set_text(self.query_one("#packet-summary", Static), text)
 
     def set_paused(self, paused: bool) -> None:
         """Pause stops rendering, never collecting; resuming shows what came meanwhile."""

@@ -26,6 +26,17 @@ from fwtop.ui.render import (
 )
 
 
+def set_text(widget: Static, text: Text | str) -> None:
+    """Update a fixed-height Static only when its content changed, without a layout pass
+    (Static.update asks for one by default, and a layout pass costs more than the whole
+    frame when panes update several times a second)."""
+    key = (text.plain, tuple(text.spans)) if isinstance(text, Text) else (text, ())
+    if getattr(widget, "_fwtop_shown", None) == key:
+        return
+    widget._fwtop_shown = key  # type: ignore[attr-defined]
+    widget.update(text, layout=False)
+
+
 def to_text(segments: Sequence[Segment], justify: str = "left") -> Text:
     """Rich Text from pre-escaped (text, style) segments: styles are ours, text is never
     parsed as markup."""
@@ -48,7 +59,7 @@ class FwtopHeader(Static):
 
     def show(self, state: HeaderState) -> None:
         self.state = state
-        self.update(to_text(header_segments(state)))
+        set_text(self, to_text(header_segments(state)))
         notes = backend_notes(state.backends)
         if state.poll_cpu_ms is not None and state.poll_wall_ms is not None:
             notes.append(f"last poll: {state.poll_cpu_ms:.1f} ms CPU, "
@@ -63,7 +74,7 @@ class StatusLine(Static):
 
     def show(self, segments: Sequence[Segment], error: bool = False) -> None:
         self.set_class(error, "-error")
-        self.update(to_text(segments))
+        set_text(self, to_text(segments))
 
 
 class FilterInput(Input):
