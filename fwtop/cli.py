@@ -216,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def _confirmed() -> bool:
+    """Ask before changing the firewall; without a terminal the answer must be --yes."""
+    if not sys.stdin.isatty():
+        raise CliError("not applied: pass --yes to apply without a terminal")
+    return input("apply? [y/N] ").strip().lower() in ("y", "yes")
+
+
 def _enter_netns(spec: str | None) -> str | None:
     ns = resolve(spec)
     if ns is not None:
@@ -232,8 +244,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     ruleset = load_ruleset()
     data = ruleset_dict(ruleset, name)
     if args.json:
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(data)
         return 0
     for b in data["backends"]:
         state = "ok" if b["available"] else "off"
@@ -292,8 +303,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _enter_netns(args.netns)
     result = explain_in_namespace(pkt)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(result.to_json())
     else:
         print(result.text())
     return 0
@@ -320,15 +330,11 @@ def cmd_allow(args: argparse.Namespace) -> int:
                 print(f"  {line}")
         if args.dry_run:
             if args.json:
-                json.dump({**plan.to_json(), "dry_run": True}, sys.stdout, indent=1)
-                sys.stdout.write("\n")
+                _print_json({**plan.to_json(), "dry_run": True})
             return 0
-        if not (args.yes or args.json):
-            if not sys.stdin.isatty():
-                raise CliError("not applied: pass --yes to apply without a terminal")
-            if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("not applied")
-                return 1
+        if not (args.yes or args.json or _confirmed()):
+            print("not applied")
+            return 1
         done = tempallow.apply(prev, name)
     except AllowError as exc:
         raise CliError(str(exc)) from None
@@ -336,8 +342,7 @@ def cmd_allow(args: argparse.Namespace) -> int:
     if done.still_dropped:
         out["warning"] = f"the flow would still be dropped: {done.still_dropped}"
     if args.json:
-        json.dump(out, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(out)
     else:
         until = time.strftime("%H:%M:%S", time.localtime(plan.expires_at))
         print(f"allowed: id {plan.id}, expires {until} "
@@ -432,21 +437,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
                   f"({prev.backup})")
         if args.dry_run:
             if args.json:
-                json.dump({**prev.to_json(), "dry_run": True}, sys.stdout, indent=1)
-                sys.stdout.write("\n")
+                _print_json({**prev.to_json(), "dry_run": True})
             return 0
-        if not (args.yes or args.json):
-            if not sys.stdin.isatty():
-                raise CliError("not applied: pass --yes to apply without a terminal")
-            if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("not applied")
-                return 1
+        if not (args.yes or args.json or _confirmed()):
+            print("not applied")
+            return 1
         record = edits.apply(prev)
     except (EditError, JournalError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        json.dump({**edits.edit_json(record, prev), "dry_run": False}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json({**edits.edit_json(record, prev), "dry_run": False})
     else:
         until = time.strftime("%H:%M:%S", time.localtime(record.expires_at))
         print(f"edited: id {record.id}; reverts at {until} unless confirmed: "
@@ -484,8 +484,7 @@ def _temp_edit(args: argparse.Namespace) -> int:
     except (EditError, JournalError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        json.dump(r.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(r.to_json())
     else:
         left = int(r.expires_at - time.time())
         print(f"{args.action}: {r.id} {r.state} "
@@ -524,8 +523,7 @@ def cmd_temp(args: argparse.Namespace) -> int:
         if args.action == "list":
             records = tempallow.active() + _edits_needing_attention()
             if args.json:
-                json.dump([r.to_json() for r in records], sys.stdout, indent=1)
-                sys.stdout.write("\n")
+                _print_json([r.to_json() for r in records])
                 return 0
             if not records:
                 print("no active temporary rules")
@@ -543,9 +541,7 @@ def cmd_temp(args: argparse.Namespace) -> int:
             r = match[0]
             lines = persistent_form(r.backend, r.family, r.table, r.chain, r.ipt_argv, r.flow)
             if args.json:
-                json.dump({"id": r.id, "backend": r.backend, "persistent": lines}, sys.stdout,
-                          indent=1)
-                sys.stdout.write("\n")
+                _print_json({"id": r.id, "backend": r.backend, "persistent": lines})
             else:
                 print("\n".join(lines))
                 print("# fwtop writes no persistent file; the temporary rule still expires at "
@@ -558,8 +554,7 @@ def cmd_temp(args: argparse.Namespace) -> int:
     except AllowError as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        json.dump(r.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(r.to_json())
     else:
         left = int(r.expires_at - time.time())
         print(f"{args.action}: {r.id} ({r.note or f'expires in {left} s'})")
@@ -603,8 +598,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except TraceError as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(report.to_json())
     else:
         print(report.text())
     if any(t.agree is False for t in report.traced):
