@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
 from fwtop.core.events import DropEvent
 from fwtop.ui.app import FwtopApp
@@ -111,6 +112,10 @@ def test_allow_dialog(snap_compare: Callable[..., bool]) -> None:
                 "fwtop will add" not in str(pilot.app.screen.query_one("#allow-text").render()):
             assert time.monotonic() < deadline
             await pilot.pause(0.05)
+        # A blinking cursor would make the picture depend on when it is taken (on a loaded CI
+        # machine the blink timer fires between frames): pin it visible.
+        ttl = pilot.app.screen.query_one("#allow-ttl", Input)
+        ttl.cursor_blink = False
         await pilot.pause(0.5)
 
     assert snap_compare(app_with_drops(), terminal_size=(160, 36), run_before=before)
