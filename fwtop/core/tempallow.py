@@ -7,6 +7,12 @@ that backend, shown to the user before anything is written.
   chain when its policy decides) that matches through a set with `flags timeout` in the same
   table; the flow is the set's one element, with the TTL as its timeout. When the element
   expires the rule matches nothing, whatever happened to fwtop.
+- firewalld chains: a rich rule in the zone that owns the dropping chain, added at runtime through
+  firewall-cmd with `--timeout`. firewalld never sees fwtop write its nft tables; the timer is the
+  firewalld daemon's (not the kernel's): if firewalld dies uncleanly the rule stays in the kernel
+  until firewalld starts again (its start flushes its table), and a `--reload` drops it early.
+  Rich rules have no comment: the `fwtop:<id>` tag lives in fwtop's journal, and the rule is
+  found by its exact text in its zone.
 - iptables-nft and iptables-legacy chains: an ACCEPT rule with `-m time --datestop <UTC>`.
   (Not an nft set inside an iptables-nft table: iptables-nft-save prints such a rule without the
   set match, as `-m comment --comment ... -j ACCEPT`, i.e. allow-all, so a user's save/restore
@@ -26,6 +32,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fwtop.core.evaluator import Packet, Verdict
+from fwtop.core.firewalld import (
+    FirewalldError,
+    allow_argv,
+    allow_priority,
+    parse_chain,
+    persistent_allow,
+    rich_rule,
+    shown,
+)
 from fwtop.core.model import Rule
 
 TAG_PREFIX = "fwtop:"
@@ -101,7 +116,7 @@ class Plan:
     """What will be written, where, and the exact commands (shown before anything changes)."""
 
     id: str
-    backend: str  # nft, iptables-nft, iptables-legacy
+    backend: str  # nft, iptables-nft, iptables-legacy, firewalld
     family: str
     table: str
     chain: str
@@ -116,6 +131,8 @@ class Plan:
     element: str | None = None  # native nft: the set element (for extend)
     text: str = ""  # the rule as the backend will list it, roughly
     src: str = ""
+    zone: str | None = None  # firewalld: the zone the rich rule goes to
+    rich_rule: str | None = None  # firewalld: the rule, exactly as added (and removed)
 
     @property
     def tag(self) -> str:
@@ -125,6 +142,8 @@ class Plan:
         """Human-readable commands equivalent to what fwtop will do."""
         if self.nft_script is not None:
             return [line for line in self.nft_script.splitlines() if line.strip()]
+        if self.rich_rule is not None and self.zone is not None:
+            return [shown(allow_argv(self.zone, self.rich_rule, self.ttl))]
         tool = _ipt_tool(self.backend, self.family)
         where = (["-I", self.chain, str(self.ipt_position)] if self.ipt_position
                  else ["-A", self.chain])
@@ -133,7 +152,9 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "expires_at": round(self.expires_at, 3), "backend": self.backend,
                 "family": self.family, "table": self.table, "chain": self.chain,
-                "handle": None, "text": self.text, "commands": self.commands()}
+                "handle": None, "text": self.text, "commands": self.commands(),
+                **({"zone": self.zone, "enforced_by": "the firewalld daemon"}
+                   if self.backend == "firewalld" else {})}
 
 
 def _quote(arg: str) -> str:
@@ -177,9 +198,6 @@ def build_plan(req: AllowRequest, verdict: Verdict, now: float,
         backend, family, table, chain = p.backend, p.family, p.table, p.chain
     else:  # pragma: no cover - a drop always names its rule or policy
         raise AllowError("cannot tell which chain drops this flow")
-    if backend == "firewalld":
-        raise AllowError("this chain belongs to firewalld: use `firewall-cmd --add-rich-rule "
-                         "... --timeout`, fwtop never edits firewalld's tables")
     pkt = verdict.packet or verdict.original
     assert pkt is not None
     allow_id = allow_id or new_id()
@@ -197,6 +215,8 @@ def build_plan(req: AllowRequest, verdict: Verdict, now: float,
     dport = pkt.dport if req.dport is not None else None
     if backend == "nft":
         _nft_plan(plan, req, fam, net, dst, dport)
+    elif backend == "firewalld":
+        _firewalld_plan(plan, req, fam, net, dst, dport)
     else:
         _ipt_plan(plan, req, net, dst, dport)
     return plan
@@ -236,6 +256,25 @@ def _nft_plan(plan: Plan, req: AllowRequest, fam: str, net: Any, dst: str | None
     plan.text = body
 
 
+def _firewalld_plan(plan: Plan, req: AllowRequest, fam: str, net: Any, dst: str | None,
+                    dport: int | None) -> None:
+    """A rich rule in the zone of the dropping chain, placed by priority (see
+    fwtop.core.firewalld); never a write to firewalld's tables."""
+    where = parse_chain(plan.chain)
+    if where is None:
+        raise AllowError(f"{plan.chain} is one of firewalld's own chains, not a zone's: fwtop "
+                         "cannot place a temporary allow there through firewalld")
+    try:
+        priority = allow_priority(where)
+    except FirewalldError as exc:
+        raise AllowError(str(exc)) from None
+    src = None if net.prefixlen == 0 else str(net)
+    plan.zone = where.owner
+    plan.rich_rule = rich_rule(fam, src, dst, req.proto, dport, "accept", priority)
+    plan.before = None  # placement is firewalld's, by priority
+    plan.text = plan.rich_rule
+
+
 def _ipt_plan(plan: Plan, req: AllowRequest, net: Any, dst: str | None,
               dport: int | None) -> None:
     argv: list[str] = []
@@ -258,6 +297,8 @@ def persistent_form(backend: str, family: str, table: str, chain: str, ipt_argv:
                     flow: dict[str, object]) -> list[str]:
     """The same allow as a permanent rule in the backend's own persistent file syntax (shown,
     never written: where it goes is the user's decision)."""
+    if backend == "firewalld":
+        return persistent_allow(str(flow.get("zone")), str(flow.get("rich_rule")))
     if backend == "nft":
         fam = "ip6" if ":" in str(flow.get("src", "")) else "ip"
         parts = [f"{fam} saddr {flow.get('src')}"]

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from fwtop.core.firewalld import FirewalldError
 from fwtop.core.tempallow import AllowError, Plan, utc_stamp
 from fwtop.firewall.libnft import OUTPUT_HANDLE, OUTPUT_JSON, Nft, NftError
 
@@ -28,8 +29,18 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
-def apply(plan: Plan) -> int | None:
-    """Write the plan in one transaction; returns the nft rule handle (None for iptables)."""
+def apply(plan: Plan, bus: str | None = None) -> int | None:
+    """Write the plan in one transaction; returns the nft rule handle (None for iptables and
+    firewalld)."""
+    if plan.rich_rule is not None and plan.zone is not None:
+        from fwtop.firewall import firewalld
+
+        try:
+            firewalld.check_owner(bus)
+            firewalld.add_rich_rule(plan.zone, plan.rich_rule, plan.ttl, bus)
+        except FirewalldError as exc:
+            raise AllowError(str(exc)) from None
+        return None
     if plan.nft_script is not None:
         nft = Nft()
         try:
@@ -143,3 +154,25 @@ def extend_ipt(backend: str, family: str, table: str, chain: str, argv: list[str
         raise AllowError(f"could not extend: {_first(proc.stderr)}")
     remove_ipt(backend, family, table, chain, argv)
     return new
+
+
+def remove_firewalld(zone: str, rule: str, bus: str | None) -> bool:
+    """Remove fwtop's rich rule (by its exact text) from the zone; False if firewalld's own
+    timeout (or a reload) already removed it. FirewalldError when firewalld is unreachable."""
+    from fwtop.firewall import firewalld
+
+    firewalld.check_owner(bus)
+    return firewalld.remove_rich_rule(zone, rule, bus)
+
+
+def extend_firewalld(zone: str, rule: str, ttl: int, bus: str | None) -> None:
+    """firewalld cannot change a rule's timeout: remove the rule (which cancels its timer) and
+    add it again with the new one. The flow is refused for the few milliseconds between."""
+    from fwtop.firewall import firewalld
+
+    try:
+        firewalld.check_owner(bus)
+        firewalld.remove_rich_rule(zone, rule, bus)
+        firewalld.add_rich_rule(zone, rule, ttl, bus)
+    except FirewalldError as exc:
+        raise AllowError(f"could not extend: {exc}") from None

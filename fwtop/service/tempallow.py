@@ -2,7 +2,9 @@
 list, extend, revert, and the cleanup every fwtop start runs.
 
 The kernel closes the hole at the deadline by itself (set element timeout, `-m time
---datestop`); the janitor and the start-up cleanup only remove the then-inert leftovers.
+--datestop`); the janitor and the start-up cleanup only remove the then-inert leftovers. On
+firewalld the firewalld daemon closes it (its `--timeout`); the journal still records it, so
+list, extend and revert work the same, and the janitor finds it gone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fwtop.core.evaluator import Evaluator, NetContext, Packet, Verdict
+from fwtop.core.firewalld import FirewalldError
 from fwtop.core.model import Rule
 from fwtop.core.tempallow import AllowError, AllowRequest, Plan, build_plan, check_request
 from fwtop.firewall.netns import NetnsError, resolve, run_in
@@ -100,9 +103,10 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
     in one transaction, verify it with the evaluator, record it, and start the janitor."""
     journal = journal or Journal()
     plan = prev.plan
+    bus = _bus() if plan.backend == "firewalld" else None
     record = Record(plan.id, "allow", time.time(), plan.expires_at, netns, plan.backend,
                     plan.family, plan.table, plan.chain, None, plan.set_name,
-                    list(plan.ipt_argv), plan.text, _flow(prev, plan), state="pending")
+                    list(plan.ipt_argv), plan.text, _flow(prev, plan, bus), state="pending")
     with journal.locked() as records:  # first the record: a crash mid-write leaves a trace
         records.append(record)
 
@@ -117,7 +121,7 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
             raise AllowError("the ruleset changed since the preview (the flow is now "
                              f"{now_v.verdict} by {_decider(now_v) or 'nothing'}): "
                              "nothing was written; preview again")
-        handle = fw.apply(plan)
+        handle = fw.apply(plan, bus)
         after = Evaluator(load_ruleset()).evaluate(prev.packet, net)
         still = None
         if after.verdict in ("drop", "reject"):
@@ -155,20 +159,36 @@ def _decider(v: Verdict) -> str | None:
     return None
 
 
-def _flow(prev: Preview, plan: Plan) -> dict[str, object]:
+def _bus() -> str | None:
+    from fwtop.firewall.firewalld import bus_address
+
+    return bus_address()
+
+
+def _flow(prev: Preview, plan: Plan, bus: str | None = None) -> dict[str, object]:
     pkt = plan.packet
-    return {"proto": pkt.proto, "src": plan.src, "dst": pkt.dst, "dport": pkt.dport,
-            "iif": pkt.iif, "element": plan.element}
+    flow: dict[str, object] = {"proto": pkt.proto, "src": plan.src, "dst": pkt.dst,
+                               "dport": pkt.dport, "iif": pkt.iif, "element": plan.element}
+    if plan.backend == "firewalld":
+        # The D-Bus bus is recorded: the janitor and a later `fwtop temp` must reach the same
+        # firewalld whatever their own environment says.
+        flow.update({"zone": plan.zone, "rich_rule": plan.rich_rule, "bus": bus})
+    return flow
 
 
 # --- after the fact ---------------------------------------------------------------------------
 
 
 def _remove(record: Record) -> str:
-    """Remove one record's objects in its namespace: "removed", "absent" or "gone"."""
+    """Remove one record's objects in its namespace: "removed", "absent", "gone" or (firewalld
+    not answering) "unreachable"."""
     from fwtop.firewall import tempallow as fw
 
     def work() -> bool:
+        if record.backend == "firewalld":
+            return fw.remove_firewalld(str(record.flow.get("zone")),
+                                       str(record.flow.get("rich_rule")),
+                                       _record_bus(record))
         if record.backend == "nft":
             return fw.remove_nft(record.family, record.table, f"fwtop:{record.id}",
                                  record.set_name)
@@ -179,7 +199,21 @@ def _remove(record: Record) -> str:
         found = _in(record.netns, work)
     except NetnsError:
         return "gone"
+    except FirewalldError as exc:
+        record.note = str(exc)
+        return "unreachable"
     return "removed" if found else "absent"
+
+
+def _record_bus(record: Record) -> str | None:
+    bus = record.flow.get("bus")
+    return str(bus) if bus else None
+
+
+_NOTES = {"removed": "removed", "absent": "already gone from the ruleset",
+          "gone": "its namespace no longer exists"}
+_FIREWALLD_NOTES = {"removed": "removed through firewalld",
+                    "absent": "firewalld had already removed it (its timeout, or a reload)"}
 
 
 def cleanup(journal: Journal | None = None, now: float | None = None,
@@ -199,10 +233,20 @@ def cleanup(journal: Journal | None = None, now: float | None = None,
             if expired_only and only is None and r.expires_at > now:
                 continue
             outcome = _remove(r)
+            if outcome == "unreachable":
+                if only is not None:
+                    raise AllowError(f"not reverted: {r.note}")
+                # The daemon that holds the timer is gone: if it died uncleanly its rule is
+                # still in the kernel until firewalld starts again (its start flushes it).
+                r.state, r.removed_at = "gone", time.time()
+                r.note = (f"firewalld did not answer ({r.note}); if it was killed, its rule "
+                          "stays in the kernel until firewalld starts again")
+                done.append(r)
+                continue
             r.state = "gone" if outcome == "gone" else "removed"
             r.removed_at = time.time()
-            r.note = {"removed": "removed", "absent": "already gone from the ruleset",
-                      "gone": "its namespace no longer exists"}[outcome]
+            notes = _FIREWALLD_NOTES if r.backend == "firewalld" else {}
+            r.note = notes.get(outcome) or _NOTES[outcome]
             done.append(r)
         # Keep the file small: forget what was removed more than a day ago.
         records[:] = [r for r in records if r.state in ("active", "pending")
@@ -236,6 +280,10 @@ def extend(allow_id: str, seconds: int, journal: Journal | None = None) -> Recor
         expires = time.time() + seconds
 
         def work() -> list[str]:
+            if r.backend == "firewalld":
+                fw.extend_firewalld(str(r.flow.get("zone")), str(r.flow.get("rich_rule")),
+                                    seconds, _record_bus(r))
+                return r.ipt_argv
             if r.backend == "nft":
                 element = str(r.flow.get("element", ""))
                 assert r.set_name is not None
