@@ -18,6 +18,8 @@ from fwtop.firewall.netns import NetnsError, enter, resolve
 
 if TYPE_CHECKING:
     from fwtop.core.edits import Edit
+    from fwtop.core.firewalld import ZoneChange as FirewalldChange
+    from fwtop.service.edits import FirewalldPreview, Preview
     from fwtop.service.journal import Record
     from fwtop.service.watch import CaptureOptions
 
@@ -323,9 +325,16 @@ def cmd_allow(args: argparse.Namespace) -> int:
         plan = prev.plan
         if not args.json:
             print(f"{args.proto} flow dropped by {tempallow._decider(prev.verdict)}")
-            print(f"fwtop will add, in {plan.backend} {plan.family} {plan.table} {plan.chain}"
-                  f" {'before #' + str(plan.before.position) if plan.before else 'at the end'}"
-                  f" (expires in {plan.ttl} s, enforced by the kernel):")
+            if plan.backend == "firewalld":
+                print(f"fwtop will ask firewalld to add, in zone {plan.zone} (the zone of "
+                      f"{plan.chain}), a rich rule that expires in {plan.ttl} s; the firewalld "
+                      "daemon enforces that timeout (not the kernel), fwtop writes nothing to "
+                      "firewalld's tables:")
+            else:
+                print(f"fwtop will add, in {plan.backend} {plan.family} {plan.table} "
+                      f"{plan.chain} "
+                      f"{'before #' + str(plan.before.position) if plan.before else 'at the end'}"
+                      f" (expires in {plan.ttl} s, enforced by the kernel):")
             for line in plan.commands():
                 print(f"  {line}")
         if args.dry_run:
@@ -406,6 +415,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if name:
         resolve(name)  # one-line error if unknown
     try:
+        fw_change = _firewalld_change(args)
+        if fw_change is not None:
+            return _edit_show_apply(
+                args, edits.preview_firewalld(fw_change, args.confirm_within, name))
         edit, by_position = _edit_request(args)
         if by_position and not args.expect_text and not args.dry_run and (
                 args.yes or args.json or not sys.stdin.isatty()):
@@ -422,6 +435,38 @@ def cmd_edit(args: argparse.Namespace) -> int:
             traffic.sources += seen.sources
         traffic.conntrack = not args.no_conntrack
         prev = edits.preview(edit, name, traffic, backend=args.backend)
+        return _edit_show_apply(args, prev)
+    except (EditError, JournalError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _firewalld_change(args: argparse.Namespace) -> FirewalldChange | None:
+    """The zone change when `fwtop edit` names a firewalld element (firewalld:ZONE:...)."""
+    from fwtop.core.edits import EditError
+    from fwtop.core.firewalld import FirewalldError, parse_element, parse_insert
+
+    spec = args.delete or (args.chain if args.insert is not None else None) or ""
+    if not spec.startswith("firewalld:"):
+        return None
+    if args.move or args.policy or args.before:
+        raise CliError("firewalld edits are --delete firewalld:ZONE:ELEMENT=VALUE or --insert "
+                       "TEXT --chain firewalld:ZONE")
+    try:
+        if args.delete:
+            return parse_element(args.delete, "remove")
+        return parse_insert(args.chain, args.insert)
+    except FirewalldError as exc:
+        raise EditError(str(exc)) from None
+
+
+def _edit_show_apply(args: argparse.Namespace, prev: Preview | FirewalldPreview) -> int:
+    """Show the preview, apply it on request, print the result (any backend)."""
+    from fwtop.core.edits import EditError
+    from fwtop.service import edits
+    from fwtop.service.journal import JournalError
+
+    edit = prev.edit
+    try:
         if not args.json:
             print(prev.subject)
             print("\n".join(prev.diff))
@@ -430,7 +475,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             for w in prev.warnings:
                 print(f"warning: {w}")
-            print("fwtop will write, in one transaction:")
+            print("fwtop will write, in one transaction:" if not isinstance(
+                prev, edits.FirewalldPreview) else "fwtop will run (firewalld runtime only):")
             for line in prev.commands.splitlines():
                 print(f"  {line}")
             print(f"it reverts by itself in {edit.confirm_within} s unless confirmed "

@@ -49,6 +49,7 @@ from fwtop.core.edits import (
 )
 from fwtop.core.evaluator import Evaluator, NetContext, Packet
 from fwtop.core.events import DropEvent
+from fwtop.core.firewalld import FirewalldEdit, FirewalldError, ZoneChange, edit_warnings, shown
 from fwtop.core.model import Chain, Rule, Ruleset, UnknownMatch
 from fwtop.core.tempallow import new_id
 from fwtop.firewall.netns import NetnsError
@@ -176,8 +177,10 @@ def _pick_chain(ruleset: Ruleset, edit: Edit, backend: str | None) -> Chain:
                         "(FAMILY:TABLE:CHAIN...) or give --backend")
     found = cands[0]
     if found.backend == "firewalld":
-        raise EditError(f"{where} belongs to firewalld: change it with firewall-cmd (runtime, "
-                        "then --runtime-to-permanent), fwtop never edits firewalld's tables")
+        raise EditError(f"{where} belongs to firewalld, and fwtop never edits firewalld's "
+                        "tables: edit the zone through firewalld instead, e.g. `fwtop edit "
+                        "--delete firewalld:ZONE:service=NAME` or `--insert 'rule ...' --chain "
+                        "firewalld:ZONE`")
     return found
 
 
@@ -425,10 +428,13 @@ def _find(records: list[Record], edit_id: str) -> Record:
     raise EditError(f"no edit {edit_id} (see `fwtop temp list`)")
 
 
-def apply(prev: Preview, journal: Journal | None = None, spawn: bool = True) -> Record:
+def apply(prev: Preview | FirewalldPreview, journal: Journal | None = None,
+          spawn: bool = True) -> Record:
     """Journal the edit, start its reverter, re-check the chain is still as previewed, write
     the edit in one transaction and record the chain right after it."""
     journal = journal or Journal()
+    if isinstance(prev, FirewalldPreview):
+        return apply_firewalld(prev, journal, spawn)
     check_edit(prev.edit, ttl_cap())
     s = prev.snapshot
     now = time.time()
@@ -476,11 +482,205 @@ def apply(prev: Preview, journal: Journal | None = None, spawn: bool = True) -> 
     return record
 
 
+# --- firewalld --------------------------------------------------------------------------------
+#
+# firewalld keeps two configurations: runtime (what the kernel has) and permanent (its XML
+# files). An edit is one runtime change of a zone, so it is undone by the exact inverse runtime
+# change, which touches nothing else. Not by `firewall-cmd --reload`: a reload throws away every
+# runtime-only change, other people's and fwtop's own temporary allows included. A confirm makes
+# the same change in the permanent configuration (`--permanent`), not `--runtime-to-permanent`,
+# which would also persist every other runtime change, temporary allows with their timeouts
+# turned into permanent holes among them.
+
+
+@dataclass(slots=True)
+class FirewalldPreview:
+    id: str
+    edit: FirewalldEdit
+    netns: str | None
+    bus: str | None
+    subject: str
+    diff: list[str]
+    commands: str
+    warnings: list[str]
+    impact: Impact = field(default_factory=Impact)
+    backup: str = ""
+
+    @property
+    def chain(self) -> str:
+        return f"filter_IN_{self.edit.change.zone}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": None, "deadline": None, "backend": "firewalld", "family": "inet",
+                "table": "firewalld", "chain": self.chain, "zone": self.edit.change.zone,
+                "edit": self.edit.to_json(), "subject": self.subject, "diff": self.diff,
+                "impact": self.impact.to_json(), "commands": self.commands.splitlines(),
+                "warnings": self.warnings}
+
+
+def _fw_check(change: ZoneChange, bus: str | None, present: bool) -> None:
+    """In the namespace: the firewalld on the bus is this namespace's, and the zone's runtime
+    element is `present` (before the change: the opposite of what the change makes)."""
+    from fwtop.firewall import firewalld
+
+    firewalld.check_owner(bus)
+    if firewalld.has(change, bus) != present:
+        state = "already has" if not present else "has no"
+        raise EditError(f"firewalld zone {change.zone} {state} {change.element} "
+                        f"{change.value} at runtime: nothing to change")
+
+
+def preview_firewalld(change: ZoneChange, confirm_within: int, netns: str | None) -> \
+        FirewalldPreview:
+    """What the firewalld edit would do, checked against the running firewalld; nothing
+    changes."""
+    from fwtop.firewall import firewalld
+
+    edit = FirewalldEdit(change, confirm_within)
+    if confirm_within <= 0 or confirm_within > ttl_cap():
+        raise EditError(f"--confirm-within 1..{ttl_cap()} seconds (FWTOP_TTL_CAP raises the cap)")
+    bus = firewalld.bus_address()
+
+    def work() -> bool:
+        try:
+            _fw_check(change, bus, not change.present_after)
+            return firewalld.has(change, bus, permanent=True)
+        except FirewalldError as exc:
+            raise EditError(str(exc)) from None
+
+    in_permanent = _in(netns, work)
+    sign = "+" if change.present_after else "-"
+    diff = [f"--- firewalld zone {change.zone} (runtime)",
+            f"+++ firewalld zone {change.zone} (runtime, after the edit)",
+            f"{sign} {change.element} {change.value}"]
+    warnings = edit_warnings(change)
+    warnings.append(f"the permanent configuration {'has' if in_permanent else 'does not have'}"
+                    f" {change.element} {change.value}; confirming makes the permanent one "
+                    f"match: {shown(change.argv(permanent=True))}")
+    commands = shown(change.argv())
+    none = Impact(sources=["not computed for firewalld edits"])
+    return FirewalldPreview(new_id(), edit, netns, bus, change.text(), diff, commands,
+                            warnings, none, backup="detached reverter (the inverse runtime change: "
+                                             + shown(change.inverse.argv()) + ")")
+
+
+def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
+                    spawn: bool = True) -> Record:
+    """Journal the edit, start its reverter, re-check, make the runtime change."""
+    from fwtop.firewall import firewalld
+
+    journal = journal or Journal()
+    change = prev.edit.change
+    now = time.time()
+    record = Record(prev.id, "edit", now, now + prev.edit.confirm_within, prev.netns,
+                    "firewalld", "inet", "firewalld", prev.chain, text=prev.subject,
+                    state="pending", flow={"zone": change.zone, "bus": prev.bus},
+                    edit={**prev.edit.to_json(), "firewalld": change.to_json(),
+                          "planned": True})
+    with journal.locked() as records:  # first the record: a crash mid-write leaves a trace
+        records.append(record)
+    pid = spawn_reverter(prev.id) if spawn else None
+    timer = _start_timer(prev.id, prev.edit.confirm_within) if spawn else None
+
+    def work() -> None:
+        try:
+            _fw_check(change, prev.bus, not change.present_after)
+            firewalld.make(change, prev.bus)
+            if firewalld.has(change, prev.bus) != change.present_after:
+                raise EditError("firewalld accepted the change but does not show it")
+        except FirewalldError as exc:
+            raise EditError(str(exc)) from None
+
+    with journal.locked() as records:
+        r = _find(records, prev.id)
+        r.pid, r.timer = pid, timer
+        try:
+            _in(prev.netns, work)
+        except BaseException as exc:
+            r.state, r.removed_at = "removed", time.time()
+            r.note = f"not written: {exc}"
+            if timer:
+                from fwtop.firewall.edits import stop_timer
+
+                stop_timer(prev.id)
+            raise
+        r.state = "active"
+        r.edit = {**r.edit, "planned": False}
+        record = r
+    return record
+
+
+def _fw_record(r: Record) -> tuple[ZoneChange, str | None]:
+    bus = r.flow.get("bus")
+    return ZoneChange.from_json(r.edit["firewalld"]), (str(bus) if bus else None)
+
+
+def _fw_revert(r: Record) -> tuple[str, str]:
+    """Undo a firewalld edit with the inverse runtime change, unless it is undone already."""
+    from fwtop.firewall import firewalld
+
+    change, bus = _fw_record(r)
+
+    def work() -> tuple[str, str]:
+        firewalld.check_owner(bus)
+        if firewalld.has(change, bus) != change.present_after:
+            if r.edit.get("planned"):
+                return "removed", "the edit was never written"
+            return "reverted", ("already undone (a firewalld reload or restart, or someone "
+                                "else): nothing to do")
+        firewalld.make(change.inverse, bus)
+        if firewalld.has(change, bus) == change.present_after:
+            return "conflict", "firewalld did not take the inverse change"
+        return "reverted", f"reverted at runtime ({shown(change.inverse.argv())})"
+
+    try:
+        return _in(r.netns, work)
+    except NetnsError:
+        return "gone", "its namespace no longer exists"
+    except FirewalldError as exc:
+        return "conflict", (f"revert failed: {exc} (a firewalld restart also drops the "
+                            "runtime change)")
+
+
+def _fw_confirm(r: Record) -> str:
+    """Make the confirmed edit permanent: the same change with --permanent."""
+    from fwtop.firewall import firewalld
+
+    change, bus = _fw_record(r)
+
+    def work() -> str:
+        firewalld.check_owner(bus)
+        if firewalld.has(change, bus) != change.present_after:
+            raise EditError("the runtime change is gone (a firewalld reload?): nothing was "
+                            "made permanent")
+        if firewalld.has(change, bus, permanent=True) != change.present_after:
+            firewalld.make(change, bus, permanent=True)
+        if firewalld.has(change, bus, permanent=True) != change.present_after:
+            raise EditError("firewalld did not take the permanent change")
+        return f"confirmed: made permanent ({shown(change.argv(permanent=True))})"
+
+    try:
+        return _in(r.netns, work)
+    except NetnsError:
+        raise EditError(f"the namespace {r.netns} no longer exists") from None
+    except FirewalldError as exc:
+        raise EditError(f"not confirmed: {exc}") from None
+
+
 # --- after the fact ---------------------------------------------------------------------------
 
 
 def _revert_locked(r: Record, why: str) -> None:
     """Undo one edit (the journal is locked by the caller); sets state and note."""
+    if r.backend == "firewalld":
+        state, note = _fw_revert(r)
+        r.state, r.note = state, f"{why}: {note}"
+        r.removed_at = time.time() if state != "conflict" else None
+        if r.timer:
+            from fwtop.firewall.edits import stop_timer
+
+            stop_timer(r.id)
+        return
     snapshot = ChainState.from_json(r.snapshot)
     after = ChainState.from_json(r.after)
     own = OwnChange.from_json(r.edit.get("own", {}))
@@ -553,6 +753,14 @@ def confirm(edit_id: str, journal: Journal | None = None) -> Record:
         if r.state not in ("active", "pending", *ATTENTION):
             raise EditError(f"edit {edit_id} is {r.state} ({r.note}): nothing to confirm")
         was = r.state
+        if r.backend == "firewalld" and was != "conflict":
+            note = _fw_confirm(r)  # raises: the edit stays pending, the reverter still runs
+            r.state, r.removed_at, r.note = "confirmed", time.time(), note
+            if r.timer:
+                from fwtop.firewall.edits import stop_timer
+
+                stop_timer(r.id)
+            return r
         r.state, r.removed_at = "confirmed", time.time()
         r.note = "confirmed: the edit stays" if was != "conflict" else \
             "confirmed: the chain stays as it is"
@@ -651,7 +859,7 @@ def finish_overdue(journal: Journal | None = None, now: float | None = None) -> 
     return done
 
 
-def edit_json(r: Record, prev: Preview | None = None) -> dict[str, Any]:
+def edit_json(r: Record, prev: Preview | FirewalldPreview | None = None) -> dict[str, Any]:
     """The `fwtop edit --json` object."""
     out: dict[str, Any] = {"id": r.id, "deadline": round(r.expires_at, 3), "state": r.state,
                            "backend": r.backend, "family": r.family, "table": r.table,
