@@ -16,6 +16,10 @@ dev=0
 # python3-dev and gcc build python-iptables' small C helper.
 packages=(python3 python3-venv python3-dev gcc libc6-dev nftables libnftables1 iptables
           conntrack iproute2 tcpdump procps util-linux kmod)
+# --dev: what the confined firewalld of the tests runs on (libraries and the bare dbus-daemon
+# binary; none of them starts a service). firewalld itself is extracted below, never installed.
+[ "$dev" = 1 ] && packages+=(dbus-daemon dbus-bin python3-dbus python3-gi
+                          gir1.2-glib-2.0)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,6 +66,30 @@ if [ "$dev" = 1 ] && ! command -v promtool >/dev/null && [ ! -x .venv/bin/promto
     echo "install.sh: warning: could not get promtool (Debian package prometheus)" >&2
   fi
   rm -rf "$tmp"
+fi
+
+# firewalld for the tests (--dev), confined by them to a throwaway namespace with a private
+# D-Bus bus: Debian's firewalld, python3-firewall and python3-nftables unpacked into
+# /opt/fwtop-firewalld/root, NOT installed (firewalld's postinst enables and starts the service,
+# which would take over this machine's firewall). Nothing here starts it.
+fwd_root=/opt/fwtop-firewalld/root
+fwd_pkgs=(firewalld python3-firewall python3-nftables)
+if [ "$dev" = 1 ]; then
+  want=$(apt-cache policy firewalld 2>/dev/null | awk '/Candidate:/ {print $2}')
+  have=$(cat "$fwd_root/.version" 2>/dev/null || true)
+  if [ -n "$want" ] && [ "$want" != "(none)" ] && [ "$want" != "$have" ]; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get download -qq "${fwd_pkgs[@]}" 2>/dev/null); then
+      rm -rf "$fwd_root.new" && mkdir -p "$fwd_root.new"
+      for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$fwd_root.new"; done
+      echo "$want" > "$fwd_root.new/.version"
+      rm -rf "$fwd_root" && mv "$fwd_root.new" "$fwd_root"
+      echo "firewalld $want unpacked in $fwd_root (for the tests; not installed, not started)"
+    else
+      echo "install.sh: warning: could not download firewalld for the tests" >&2
+    fi
+    rm -rf "$tmp"
+  fi
 fi
 
 ln -sf "$PWD/.venv/bin/fwtop" /usr/local/bin/fwtop
