@@ -1,6 +1,7 @@
 """The janitor: `python -m fwtop.service.janitor`, started detached by `fwtop allow`. It removes
-each temporary allow's leftovers shortly after the kernel has already expired it, and exits when
-nothing is left. One janitor at a time (a flock'ed pid file)."""
+each temporary allow's leftovers shortly after the kernel (on firewalld: the firewalld daemon)
+has already expired it, and exits when nothing is left. One janitor at a time (a flock'ed pid
+file)."""
 
 from __future__ import annotations
 

@@ -122,6 +122,9 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
                              f"{now_v.verdict} by {_decider(now_v) or 'nothing'}): "
                              "nothing was written; preview again")
         handle = fw.apply(plan, bus)
+        if plan.backend == "firewalld":
+            # firewalld's timer started when it took the rule, not at the preview.
+            plan.expires_at = time.time() + plan.ttl
         after = Evaluator(load_ruleset()).evaluate(prev.packet, net)
         still = None
         if after.verdict in ("drop", "reject"):
@@ -140,7 +143,7 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
     with journal.locked() as records:
         for r in records:
             if r.id == plan.id:
-                r.state, r.handle = "active", handle
+                r.state, r.handle, r.expires_at = "active", handle, plan.expires_at
                 record = r
     if start_janitor:
         spawn_janitor()
@@ -296,7 +299,8 @@ def extend(allow_id: str, seconds: int, journal: Journal | None = None) -> Recor
             r.ipt_argv = _in(r.netns, work)
         except NetnsError:
             raise AllowError(f"the namespace {r.netns} of {allow_id} no longer exists") from None
-        r.expires_at = expires
+        # firewalld's new timer started when it took the rule again, after the calls above.
+        r.expires_at = time.time() + seconds if r.backend == "firewalld" else expires
         return r
 
 
