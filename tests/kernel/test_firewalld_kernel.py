@@ -236,12 +236,14 @@ def test_edit_reverted_by_the_detached_reverter(lab: Lab, env: dict[str, str]) -
     assert f"{port}/tcp" in lab.fwd.cmd("--zone=public", "--list-ports").stdout
     assert f"{port}/tcp" not in lab.fwd.cmd("--permanent", "--zone=public",
                                             "--list-ports").stdout
-    _wait_for("the reverter removes the port again",
-              lambda: f"{port}/tcp" not in lab.fwd.cmd("--zone=public", "--list-ports").stdout,
-              out["deadline"] - time.time() + 5)
-    assert lab.connect(port) == "rejected"
+    # The journal is written once the reverter has made and checked the inverse change.
+    _wait_for("the reverter reverts the edit",
+              lambda: _journal(env)[0]["state"] != "active", out["deadline"] - time.time() + 6)
     (rec,) = _journal(env)
     assert rec["state"] == "reverted" and "deadline passed unconfirmed" in str(rec["note"])
+    assert time.time() >= out["deadline"]
+    assert f"{port}/tcp" not in lab.fwd.cmd("--zone=public", "--list-ports").stdout
+    assert lab.connect(port) == "rejected"
 
 
 def test_confirmed_edit_is_made_permanent(lab: Lab, env: dict[str, str]) -> None:
