@@ -76,6 +76,10 @@ fwd_root=/opt/fwtop-firewalld/root
 fwd_pkgs=(firewalld python3-firewall python3-nftables)
 if [ "$dev" = 1 ]; then
   want=$(apt-cache policy firewalld 2>/dev/null | awk '/Candidate:/ {print $2}')
+  if [ ! -x "$fwd_root/usr/sbin/firewalld" ] && { [ -z "$want" ] || [ "$want" = "(none)" ]; }; then
+    apt-get update -qq  # no package lists yet (a fresh container)
+    want=$(apt-cache policy firewalld 2>/dev/null | awk '/Candidate:/ {print $2}')
+  fi
   have=$(cat "$fwd_root/.version" 2>/dev/null || true)
   if [ -n "$want" ] && [ "$want" != "(none)" ] && [ "$want" != "$have" ]; then
     tmp=$(mktemp -d)
@@ -89,6 +93,8 @@ if [ "$dev" = 1 ]; then
       echo "install.sh: warning: could not download firewalld for the tests" >&2
     fi
     rm -rf "$tmp"
+  elif [ ! -x "$fwd_root/usr/sbin/firewalld" ]; then
+    echo "install.sh: warning: no firewalld package available for the tests" >&2
   fi
 fi
 
