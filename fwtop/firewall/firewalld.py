@@ -94,11 +94,11 @@ def daemon_pid(bus: str | None = None) -> int | None:
 def check_owner(bus: str | None = None) -> None:
     """Refuse unless the firewalld on the bus runs in the calling thread's network namespace
     (fwtop's work runs in a thread that entered the target namespace)."""
-    if not running(bus):
-        raise FirewalldError("firewalld is not running (or not reachable on D-Bus"
-                             f"{' at ' + bus if bus else ''}): nothing was changed")
     pid = daemon_pid(bus)
     if pid is None:
+        if not running(bus):
+            raise FirewalldError("firewalld is not running (or not reachable on D-Bus"
+                                 f"{' at ' + bus if bus else ''}): nothing was changed")
         raise FirewalldError("cannot tell which network namespace that firewalld runs in "
                              "(dbus-send missing or no answer): nothing was changed")
     try:

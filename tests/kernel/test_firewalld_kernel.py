@@ -184,7 +184,7 @@ def test_allow_through_firewalld_closes_by_firewalld_timeout(lab: Lab,
 def test_revert_and_extend_through_firewalld(lab: Lab, env: dict[str, str]) -> None:
     port = PORTS[1]
     out = json.loads(fwtop(env, "allow", "--netns", lab.ns, "--proto", "tcp", "--src",
-                           CLIENT_IP, "--dport", str(port), "--ttl", "4", "--json").stdout)
+                           CLIENT_IP, "--dport", str(port), "--ttl", "3", "--json").stdout)
     assert lab.connect(port) == "connected"
     ext = json.loads(fwtop(env, "temp", "extend", out["id"], "30", "--json").stdout)
     assert ext["expires_at"] > out["expires_at"] + 20
@@ -228,7 +228,7 @@ def test_edit_reverted_by_the_detached_reverter(lab: Lab, env: dict[str, str]) -
     port = PORTS[2]
     assert lab.connect(port) == "rejected"
     out = json.loads(fwtop(env, "edit", "--netns", lab.ns, "--insert", f"port={port}/tcp",
-                           "--chain", "firewalld:public", "--confirm-within", "5",
+                           "--chain", "firewalld:public", "--confirm-within", "4",
                            "--json").stdout)
     assert out["state"] == "active" and out["backend"] == "firewalld"
     assert out["commands"] == [f"firewall-cmd --zone=public --add-port={port}/tcp"]
@@ -271,3 +271,26 @@ def test_refuses_a_firewalld_of_another_namespace(lab: Lab, env: dict[str, str])
     assert proc.returncode != 0
     assert "another network namespace" in proc.stderr
     assert "9/tcp" not in lab.fwd.cmd("--zone=public", "--list-ports").stdout
+
+
+def test_a_firewalld_reload_undoes_runtime_changes_and_fwtop_says_so(lab: Lab,
+                                                                     env: dict[str, str]) -> None:
+    """A reload puts the permanent configuration back: the edit and the temporary allow are
+    gone early (the safe direction); fwtop's revert then finds nothing to undo and says why."""
+    port = PORTS[2]
+    edit = json.loads(fwtop(env, "edit", "--netns", lab.ns, "--insert", f"port={port}/tcp",
+                            "--chain", "firewalld:public", "--confirm-within", "30",
+                            "--json").stdout)
+    allow = json.loads(fwtop(env, "allow", "--netns", lab.ns, "--proto", "tcp", "--src",
+                             CLIENT_IP, "--dport", str(PORTS[1]), "--ttl", "30",
+                             "--json").stdout)
+    assert lab.connect(port) == "connected" and lab.connect(PORTS[1]) == "connected"
+    lab.fwd.cmd("--reload")
+    assert lab.connect(port) == "rejected" and lab.connect(PORTS[1]) == "rejected"
+    fwtop(env, "temp", "revert", edit["id"])
+    fwtop(env, "temp", "revert", allow["id"])
+    notes = {r["id"]: (r["state"], str(r["note"])) for r in _journal(env)}
+    assert notes[edit["id"]][0] == "reverted" and "already undone" in notes[edit["id"]][1]
+    assert notes[allow["id"]] == ("removed", "firewalld had already removed it (its timeout, "
+                                             "or a reload)")
+    assert json.loads(fwtop(env, "temp", "list", "--json").stdout) == []
