@@ -567,7 +567,7 @@ def cmd_temp(args: argparse.Namespace) -> int:
         return _temp_edit(args)
     try:
         if args.action == "list":
-            records = tempallow.active() + _edits_needing_attention()
+            records = tempallow.active() + tempallow.leftovers() + _edits_needing_attention()
             if args.json:
                 _print_json([r.to_json() for r in records])
                 return 0
@@ -577,6 +577,8 @@ def cmd_temp(args: argparse.Namespace) -> int:
                 left = max(0, int(r.expires_at - time.time()))
                 print(f"{r.id}  {left:>5} s left  {r.netns or 'host'}  {r.backend} {r.family} "
                       f"{r.table} {r.chain}  {r.text}")
+                if r.state == "leftover":
+                    print(f"          {r.state}: {r.note}")
             return 0
         if args.action == "permanent":
             from fwtop.core.tempallow import persistent_form
@@ -619,8 +621,11 @@ def _startup_cleanup() -> None:
 
     try:
         for r in cleanup():
-            print(f"fwtop: removed the expired temporary allow {r.id} ({r.note})",
-                  file=sys.stderr)
+            if r.state == "leftover":
+                print(f"fwtop: warning: temporary allow {r.id}: {r.note}", file=sys.stderr)
+            else:
+                print(f"fwtop: removed the expired temporary allow {r.id} ({r.note})",
+                      file=sys.stderr)
     except (JournalError, OSError) as exc:
         print(f"fwtop: warning: cleanup of expired temporary allows failed: {exc}",
               file=sys.stderr)

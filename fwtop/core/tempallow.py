@@ -9,8 +9,9 @@ that backend, shown to the user before anything is written.
   expires the rule matches nothing, whatever happened to fwtop.
 - firewalld chains: a rich rule in the zone that owns the dropping chain, added at runtime through
   firewall-cmd with `--timeout`. firewalld never sees fwtop write its nft tables; the timer is the
-  firewalld daemon's (not the kernel's): if firewalld dies uncleanly the rule stays in the kernel
-  until firewalld starts again (its start flushes its table), and a `--reload` drops it early.
+  firewalld daemon's (not the kernel's): if firewalld dies uncleanly the rule stays in the kernel,
+  even after firewalld starts again (firewalld 1.3 does not flush a table a killed firewalld
+  left; measured), until a `firewall-cmd --reload`; a `--reload` also drops it early.
   Rich rules have no comment: the `fwtop:<id>` tag lives in fwtop's journal, and the rule is
   found by its exact text in its zone.
 - iptables-nft and iptables-legacy chains: an ACCEPT rule with `-m time --datestop <UTC>`.

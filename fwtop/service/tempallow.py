@@ -10,6 +10,7 @@ list, extend and revert work the same, and the janitor finds it gone.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import subprocess
 import sys
@@ -189,9 +190,14 @@ def _remove(record: Record) -> str:
 
     def work() -> bool:
         if record.backend == "firewalld":
-            return fw.remove_firewalld(str(record.flow.get("zone")),
-                                       str(record.flow.get("rich_rule")),
-                                       _record_bus(record))
+            found = fw.remove_firewalld(str(record.flow.get("zone")),
+                                        str(record.flow.get("rich_rule")),
+                                        _record_bus(record))
+            if not found and record.state == "leftover":
+                orphan = _firewalld_orphan(record)
+                if orphan is not None:
+                    raise _Orphan(orphan)
+            return found
         if record.backend == "nft":
             return fw.remove_nft(record.family, record.table, f"fwtop:{record.id}",
                                  record.set_name)
@@ -205,7 +211,42 @@ def _remove(record: Record) -> str:
     except FirewalldError as exc:
         record.note = str(exc)
         return "unreachable"
+    except _Orphan as exc:
+        record.note = (f"firewalld is back but no longer lists the rule, while the kernel still "
+                       f"accepts the flow by {exc} in firewalld's table: a killed firewalld's "
+                       "table is not flushed when firewalld starts again (firewalld 1.3). "
+                       "`firewall-cmd --reload` rebuilds it without the rule (it also drops "
+                       "every runtime-only change)")
+        return "orphan"
     return "removed" if found else "absent"
+
+
+class _Orphan(Exception):
+    pass
+
+
+def _firewalld_orphan(record: Record) -> str | None:
+    """After firewalld died holding the rule: whether the kernel still accepts the recorded
+    flow by a rule of firewalld's table (read only; fwtop never writes that table). Runs in the
+    record's namespace."""
+    from fwtop.firewall import load_ruleset
+    from fwtop.firewall.routing import net_context
+
+    f = record.flow
+    try:
+        src = str(ipaddress.ip_network(str(f.get("src")), strict=False).network_address)
+    except ValueError:
+        return None
+    dport = f.get("dport")
+    pkt = Packet(str(f.get("proto")), src, str(f.get("dst")), None,
+                 int(dport) if isinstance(dport, int) else None,
+                 iif=str(f["iif"]) if f.get("iif") else None)
+    v = Evaluator(load_ruleset()).evaluate(pkt, net_context())
+    # An accepted packet's verdict names no rule: the accepting rules are the path's accepts.
+    accepts = [s for s in v.path if s.effect == "accept" and s.backend == "firewalld"]
+    if v.verdict == "accept" and accepts:
+        return f"{accepts[-1].chain} `{accepts[-1].text}`"
+    return None
 
 
 def _record_bus(record: Record) -> str | None:
@@ -229,22 +270,29 @@ def cleanup(journal: Journal | None = None, now: float | None = None,
     done: list[Record] = []
     with journal.locked() as records:
         for r in records:
-            if r.state not in ("active", "pending") or r.kind != "allow":
+            if r.state not in ("active", "pending", "leftover") or r.kind != "allow":
                 continue  # edits are reverted by fwtop.service.edits, never removed here
             if only is not None and r.id != only:
                 continue
             if expired_only and only is None and r.expires_at > now:
                 continue
             outcome = _remove(r)
+            if outcome == "orphan":
+                if only is not None:
+                    raise AllowError(f"not reverted: {r.note}")
+                continue  # stays a leftover, with the note saying what to do
             if outcome == "unreachable":
                 if only is not None:
                     raise AllowError(f"not reverted: {r.note}")
                 # The daemon that holds the timer is gone: if it died uncleanly its rule is
-                # still in the kernel until firewalld starts again (its start flushes it).
-                r.state, r.removed_at = "gone", time.time()
-                r.note = (f"firewalld did not answer ({r.note}); if it was killed, its rule "
-                          "stays in the kernel until firewalld starts again")
-                done.append(r)
+                # still in the kernel. Kept in sight (`temp list`) and checked again at every
+                # fwtop start; the janitor does not wait for it.
+                r.note = (f"firewalld did not answer after the deadline ({r.note}); if it "
+                          "was killed, its rule stays in the kernel, also once firewalld "
+                          "starts again, until a `firewall-cmd --reload`")
+                if r.state != "leftover":
+                    r.state = "leftover"
+                    done.append(r)
                 continue
             r.state = "gone" if outcome == "gone" else "removed"
             r.removed_at = time.time()
@@ -252,13 +300,21 @@ def cleanup(journal: Journal | None = None, now: float | None = None,
             r.note = notes.get(outcome) or _NOTES[outcome]
             done.append(r)
         # Keep the file small: forget what was removed more than a day ago.
-        records[:] = [r for r in records if r.state in ("active", "pending")
+        records[:] = [r for r in records if r.state in ("active", "pending", "leftover")
                       or (r.removed_at or now) > now - 86400]
     return done
 
 
 def active(journal: Journal | None = None) -> list[Record]:
     return [r for r in (journal or Journal()).read() if r.state in ("active", "pending")]
+
+
+def leftovers(journal: Journal | None = None) -> list[Record]:
+    """Allows past their deadline that fwtop could not confirm gone (firewalld unreachable)."""
+    journal = journal or Journal()
+    if not journal.path.exists():
+        return []
+    return [r for r in journal.read() if r.state == "leftover"]
 
 
 def revert(allow_id: str, journal: Journal | None = None) -> Record:

@@ -101,6 +101,7 @@ class ConfinedFirewalld:
         self.etc = tmp / "etc"
         self.firewall_cmd = tmp / "bin" / "firewall-cmd"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.firewalld: subprocess.Popen[bytes] | None = None
         self.log = tmp / "firewalld.log"
 
     @property
@@ -125,16 +126,27 @@ class ConfinedFirewalld:
         self.firewall_cmd.parent.mkdir(exist_ok=True)
         self.firewall_cmd.write_text(FIREWALL_CMD.format(dist=DIST, python=PYTHON, root=ROOT))
         self.firewall_cmd.chmod(0o755)
-        launcher = self.tmp / "launch.py"
-        launcher.write_text(LAUNCHER)
-        self._spawn(["ip", "netns", "exec", self.ns, PYTHON, str(launcher), str(ROOT),
-                     "--nofork", "--nopid", "--system-config", str(self.etc),
+        (self.tmp / "launch.py").write_text(LAUNCHER)
+        self.start_firewalld(timeout)
+        return self.ns
+
+    def start_firewalld(self, timeout: float = 40.0) -> None:
+        self._spawn(["ip", "netns", "exec", self.ns, PYTHON, str(self.tmp / "launch.py"),
+                     str(ROOT), "--nofork", "--nopid", "--system-config", str(self.etc),
                      "--default-config", str(ROOT / "usr/lib/firewalld"),
                      "--log-target", "console"], self.log, env=self.env())
+        self.firewalld = self.procs[-1]
         self._wait(lambda: self.cmd("--state", check=False).stdout.strip() == "running",
                    timeout, "firewalld")
         self._check_confined()
-        return self.ns
+
+    def kill_firewalld(self) -> None:
+        """SIGKILL: no cleanup, its table (and timed rules) stay in the namespace's kernel."""
+        assert self.firewalld is not None
+        self.firewalld.kill()
+        self.firewalld.wait(timeout=10)
+        self.procs.remove(self.firewalld)
+        self.firewalld = None
 
     def _spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         with open(log, "wb") as out:

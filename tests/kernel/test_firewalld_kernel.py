@@ -294,3 +294,38 @@ def test_a_firewalld_reload_undoes_runtime_changes_and_fwtop_says_so(lab: Lab,
     assert notes[allow["id"]] == ("removed", "firewalld had already removed it (its timeout, "
                                              "or a reload)")
     assert json.loads(fwtop(env, "temp", "list", "--json").stdout) == []
+
+
+def test_firewalld_killed_the_hole_stays_and_fwtop_says_so(lab: Lab,
+                                                           env: dict[str, str]) -> None:
+    """The limit of firewalld's timeout, shown rather than hidden: the timer lives in the
+    daemon, so a SIGKILLed firewalld leaves the rule in the kernel past its deadline; and
+    firewalld 1.3, started again, does not flush the table it left (it lists no such rule,
+    the kernel still has it) until a `--reload`. fwtop keeps it in `temp list` as a leftover
+    saying so, and drops it once the kernel no longer accepts the flow. Last in the file: it
+    kills and restarts the module's firewalld."""
+    port = PORTS[1]
+    out = json.loads(fwtop(env, "allow", "--netns", lab.ns, "--proto", "tcp", "--src",
+                           CLIENT_IP, "--dport", str(port), "--ttl", "3", "--json").stdout)
+    _kill_helpers(Path(env["FWTOP_STATE_DIR"]))
+    lab.fwd.kill_firewalld()
+    time.sleep(max(0.0, out["expires_at"] - time.time()) + 1.0)
+    assert lab.connect(port) == "connected"  # no daemon, no timer
+    listed = json.loads(fwtop(env, "temp", "list", "--json").stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [(out["id"], "leftover")]
+    assert "its rule stays in the kernel" in listed[0]["note"]
+
+    lab.fwd.start_firewalld()
+    assert out["text"] not in lab.fwd.cmd("--zone=public", "--list-rich-rules").stdout
+    assert lab.connect(port) == "connected"  # the orphan in firewalld's old table
+    (left,) = json.loads(fwtop(env, "temp", "list", "--json").stdout)
+    assert left["state"] == "leftover" and "firewall-cmd --reload" in left["note"]
+    assert "filter_IN_public_allow" in left["note"]
+    revert = fwtop(env, "temp", "revert", out["id"], check=False)
+    assert revert.returncode != 0 and "not reverted" in revert.stderr
+
+    lab.fwd.cmd("--reload")
+    assert lab.connect(port) == "rejected"
+    assert json.loads(fwtop(env, "temp", "list", "--json").stdout) == []
+    (rec,) = _journal(env)
+    assert rec["state"] == "removed"
