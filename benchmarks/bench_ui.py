@@ -41,7 +41,7 @@ Measured:
 4. RSS (psutil) every 10 s and at the end; 5. CPU of the process (user + system, as a share of
    one CPU) and per thread (UI thread, monitor, load generators), and the UI thread's wall time
    split by activity (wrappers on the app's render methods and on Textual's layout, frame and
-   DataTable methods).
+   RowList methods).
 
 Diagnostics (not fwtop's behaviour): --no-attribution, --render-interval, --no-paint.
 """
@@ -504,12 +504,15 @@ TIMED = (
     ("screen", "_refresh_layout", "Textual layout pass (Screen._refresh_layout, and its frame)"),
     ("screen", "_compositor_refresh", "Textual frame (Screen._compositor_refresh)"),
     ("compositor", "render_update", "  of which rendering widget lines (Compositor.render_update)"),
-    ("rules", "render_lines", "    of which Rules table lines (DataTable.render_lines)"),
-    ("drops", "render_lines", "    of which Drops table lines"),
-    ("packets", "render_lines", "    of which Packets table lines"),
-    ("rules", "_update_dimensions", "Textual DataTable measuring, Rules"),
-    ("drops", "_update_dimensions", "Textual DataTable measuring, Drops"),
-    ("packets", "_update_dimensions", "Textual DataTable measuring, Packets"),
+    ("rules", "render_lines", "    of which Rules list lines (RowList via Widget.render_lines)"),
+    ("drops", "render_lines", "    of which Drops list lines"),
+    ("packets", "render_lines", "    of which Packets list lines"),
+    ("rules", "set_rows", "Rules list: rows handed over (RowList.set_rows)"),
+    ("drops", "set_rows", "Drops list: rows handed over"),
+    ("packets", "set_rows", "Packets list: rows handed over"),
+    ("rules", "_draw", "Rules list: rows drawn into strips (RowList._draw)"),
+    ("drops", "_draw", "Drops list: rows drawn into strips"),
+    ("packets", "_draw", "Packets list: rows drawn into strips"),
 )
 
 

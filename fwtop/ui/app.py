@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches, QueryType
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Static
 
 from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Attribution, Correlator, attribute_by_counters, packet_of
@@ -32,6 +32,7 @@ from fwtop.core.events import DropEvent, SourceStats
 from fwtop.core.model import Chain, Rule
 from fwtop.core.tempallow import AllowRequest
 from fwtop.firewall.netns import NetNamespace
+from fwtop.service.attribution import AttributionWorker
 from fwtop.service.drops import DropBatch
 from fwtop.service.edits import Preview as EditPreview
 from fwtop.service.journal import Record
@@ -64,11 +65,13 @@ from fwtop.ui.render_drops import (
     rule_cell,
     summary_segments,
 )
+from fwtop.ui.rowlist import RowList
 from fwtop.ui.screens import ExplainScreen, HelpScreen
 from fwtop.ui.tempallow import AllowScreen, TempScreen, countdown
 from fwtop.ui.widgets import (
     DropsTable,
     FilterInput,
+    FwtopFooter,
     FwtopHeader,
     RulesTable,
     StatusLine,
@@ -76,9 +79,11 @@ from fwtop.ui.widgets import (
     to_text,
 )
 
+PENDING_CELL: Cell = (("…", "dim"),)  # the attribution worker has not answered yet
 RENDER_HZ = 10.0
-RENDER_BUDGET = 4.0  # a pane renders at most every 4x its own render time (<= 25% of the UI)
+RENDER_BUDGET = 4.0  # a tick comes at most every 4x what the last one cost (<= 25% of the UI)
 MIN_RENDER_INTERVAL = 1.0 / RENDER_HZ
+MAX_RENDER_INTERVAL = 2.0  # however slow the machine, the panes move at least this often
 
 
 class MonitorHandle(Protocol):
@@ -120,6 +125,10 @@ MAX_PENDING_DROPS = 20_000
 
 class DropsReady(Message):
     """New drops are waiting in the app's pending list."""
+
+
+class AttributionsReady(Message):
+    """The attribution worker knows the rule of more shown drops."""
 
 
 class ViewReady(Message):
@@ -231,16 +240,21 @@ class FwtopApp(App[None]):
         self._net: NetContext | None = None
         self._net_at = float("-inf")
         self.correlator = Correlator()
+        self._attrib = AttributionWorker(self.correlator, self._net_context,
+                                         lambda: self._post(AttributionsReady()))
+        self._attrib_dirty = False  # the worker knows more than the Drops pane shows
         self._monitor_factory = monitor_factory
         self._monitor: MonitorHandle | None = None
         self._drops_factory = drops_factory
-        self._render_cost: dict[str, float] = {}  # seconds the last render of each pane took
+        self._dirty: set[str] = set()  # panes with something new for the next render tick
+        self._tick_armed = False
+        self._last_tick = 0.0
+        self._tick_cost = 0.0  # seconds the last tick took, the frame it caused included
+        self.ticks = 0
         self._drops: DropsHandle | None = None
         self.drop_log = DropLog()
         self._pending_drops: list[DropEvent] = []  # guarded by _lock
         self._drops_posted = False
-        self._drops_timer_armed = False
-        self._last_drops_render = 0.0
         self.drop_stats: tuple[SourceStats, ...] = ()
         self.drops_shed = 0  # shed by the stream (full batch) or by the UI (pending overflow)
         self.drop_needle = ""
@@ -250,8 +264,6 @@ class FwtopApp(App[None]):
         self._lock = threading.Lock()
         self._latest: RulesView | None = None  # newest view from the monitor (any thread)
         self._render_pending = False
-        self._render_timer_armed = False
-        self._last_render = 0.0
         self.shown: RulesView | None = None  # the view the screen shows
         self.paused = False
         self.by_activity = False
@@ -284,7 +296,7 @@ class FwtopApp(App[None]):
                                               "(Enter keeps, Esc clears)", id="filter",
                                   compact=True)
         yield StatusLine(id="status", markup=False)
-        yield Footer()
+        yield FwtopFooter()
 
     def _q(self, selector: str | type[QueryType], expect_type: type[QueryType] | None = None,
            ) -> QueryType:
@@ -305,6 +317,7 @@ class FwtopApp(App[None]):
 
     def on_mount(self) -> None:
         self._main_screen = self.screen
+        self._attrib.start()
         pane = self._q("#rules-pane")
         pane.border_title = "Rules"
         self._update_subtitle()
@@ -322,6 +335,7 @@ class FwtopApp(App[None]):
             pane.mount(FilterInput(placeholder="filter packets: words all present, e.g. "
                                                "\"tcp 8081\" or \"unanswered\"",
                                    id="packet-filter", compact=True))
+            pane.on_dirty = lambda: self._request("packets")
             self._capture = self._capture_factory(pane.feed, self._on_error)
             pane.raw_of = self._capture.raw
             try:
@@ -350,6 +364,7 @@ class FwtopApp(App[None]):
             self._on_error(f"monitor did not start: {type(exc).__name__}: {exc}")
 
     async def on_unmount(self) -> None:
+        await asyncio.to_thread(self._attrib.stop)
         monitor, self._monitor = self._monitor, None
         drops, self._drops = self._drops, None
         ct, self._ct = self._ct, None
@@ -403,47 +418,80 @@ class FwtopApp(App[None]):
 
     # --- rendering (UI thread) ------------------------------------------------------------
 
-    def _throttled(self, last: float, armed: str, render: Callable[[], None]) -> None:
-        """Call `render` now, or once the pane's interval since `last` has passed (the flag
-        named `armed` says a timer is already set: requests in between coalesce). The interval
-        is MIN_RENDER_INTERVAL, or four times what the pane's last render cost when that is
-        more: under a flood the panes render less often and key presses stay responsive."""
-        interval = max(MIN_RENDER_INTERVAL, RENDER_BUDGET * self._render_cost.get(armed, 0.0))
-        wait = last + interval - time.monotonic()
-        if wait <= 0:
-            self._quietly(render, armed)
-        elif not getattr(self, armed):
-            setattr(self, armed, True)
-            self.set_timer(wait, lambda: self._quietly(render, armed))
+    def _request(self, pane: str) -> None:
+        """Mark a pane as having something new and make sure a render tick is coming. One
+        tick renders every pane marked since the last one, in one batch: one frame. Ticks are
+        at least MIN_RENDER_INTERVAL apart, and RENDER_BUDGET times what the last tick cost,
+        its frame included, so rendering takes at most a quarter of the UI thread and a key
+        press finds it free (or waits for one tick at most)."""
+        self._dirty.add(pane)
+        if self._tick_armed:
+            return
+        self._tick_armed = True
+        interval = min(MAX_RENDER_INTERVAL,
+                       max(MIN_RENDER_INTERVAL, RENDER_BUDGET * self._tick_cost))
+        wait = self._last_tick + interval - time.monotonic()
+        if wait > 0:
+            self.set_timer(wait, self._tick)
+        else:  # after the messages already queued (a burst still costs one tick)
+            self.call_later(self._tick)
 
-    def _quietly(self, render: Callable[[], None], name: str = "") -> None:
+    def _tick(self) -> None:
+        self._tick_armed = False
+        dirty, self._dirty = self._dirty, set()
         started = time.perf_counter()
+        self._last_tick = time.monotonic()
         try:
-            render()
+            with self.batch_update():
+                if "rules" in dirty:
+                    self._render_newest_now()
+                if "drops" in dirty:
+                    self._render_drops_now()
+                if "packets" in dirty:
+                    self._q(PacketsPane)._take()
         except NoMatches:  # data that arrives while the app shuts down has nowhere to go
-            pass
-        if name:
-            self._render_cost[name] = time.perf_counter() - started
+            return
+        self.call_after_refresh(self._tick_done, started)
+
+    def _tick_done(self, started: float) -> None:
+        self._tick_cost = time.perf_counter() - started
+        self.ticks += 1
 
     def on_drops_ready(self, _: DropsReady) -> None:
-        self._throttled(self._last_drops_render, "_drops_timer_armed", self._render_drops_now)
+        self._request("drops")
 
     def _render_drops_now(self) -> None:
-        self._drops_timer_armed = False
         with self._lock:
             events, self._pending_drops = self._pending_drops, []
             self._drops_posted = False
         self.drop_log.add(events)
-        self._last_drops_render = time.monotonic()
-        if events and not self.paused:
+        dirty, self._attrib_dirty = self._attrib_dirty, False
+        if (events or dirty) and not self.paused:
             self._show_drop_rows()
         self._show_drops_frame()
 
+    def on_attributions_ready(self, _: AttributionsReady) -> None:
+        self._attrib_dirty = True
+        self._request("drops")
+
     def _show_drop_rows(self) -> None:
         self.drop_renders += 1
-        self.drops_table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle),
-                              self._rule_cell)
+        table = self.drops_table
+        table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle), self._rule_cell)
         self._show_drop_detail()
+
+    def _want_visible(self) -> None:
+        """Ask the worker for the rules of the drops on screen (the selected one first): only
+        those are worth an evaluation; their rule cells show "…" until it answers, and rows
+        scrolled to later are asked for then."""
+        table = self.drops_table
+        top, height = table.visible_rows
+        selected = table.selected
+        wanted = [selected] if selected is not None else []
+        wanted += [e for e in table.events[top: top + height] if e is not selected]
+        wanted = [e for e in wanted if not self._attrib.get(e)[0]]
+        if wanted:
+            self._attrib.want(wanted)
 
     # --- correlation: which rule dropped it -------------------------------------------------
 
@@ -459,7 +507,10 @@ class FwtopApp(App[None]):
         return self._net
 
     def attribution(self, event: DropEvent) -> Attribution | None:
-        a = self.correlator.attribute(event, self._net_context())
+        """The rule that dropped `event`, computed now if the worker does not know it yet."""
+        return self._with_counters(event, self._attrib.attribute_now(event))
+
+    def _with_counters(self, event: DropEvent, a: Attribution | None) -> Attribution | None:
         if (a is None or a.label == "?") and event.src is None and self.shown is not None:
             # No addresses (the drop-reason tracepoint): the counters that moved this tick.
             moved = {k: r.packets for k, r in self.shown.rates.items() if r.packets}
@@ -467,7 +518,10 @@ class FwtopApp(App[None]):
         return a
 
     def _rule_cell(self, event: DropEvent) -> Cell:
-        a = self.attribution(event)
+        known, a = self._attrib.get(event)
+        if not known:
+            return PENDING_CELL
+        a = self._with_counters(event, a)
         return rule_cell(a.label if a else None, a.certain if a else False)
 
     def _show_drop_detail(self) -> None:
@@ -478,8 +532,16 @@ class FwtopApp(App[None]):
         except NoMatches:  # the app is shutting down
             return
         e = self.drops_table.selected
-        a = self.attribution(e) if e is not None else None
-        if e is None or a is None:
+        if e is None:
+            set_text(detail, "")
+            return
+        self._want_visible()
+        known, a = self._attrib.get(e)
+        if not known:  # asked first; its answer re-renders the pane
+            set_text(detail, to_text([("▸ ", "bold magenta"), ("finding its rule…", "dim")]))
+            return
+        a = self._with_counters(e, a)
+        if a is None:
             set_text(detail, "")
             return
         sure = "" if a.certain else " (not certain: enter for details)"
@@ -512,8 +574,8 @@ class FwtopApp(App[None]):
         if self._ct is not None:
             self._ct.request_breakdown()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "drops":
+    def on_row_list_highlighted(self, event: RowList.Highlighted) -> None:
+        if event.row_list.id == "drops":
             self._show_drop_detail()
 
     # --- temporary allows ----------------------------------------------------------------
@@ -743,8 +805,8 @@ class FwtopApp(App[None]):
 
         self.run_worker(work, thread=True, exclusive=True, group="trace")
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "drops":
+    def on_row_list_selected(self, event: RowList.Selected) -> None:
+        if event.row_list.id == "drops":
             self.action_explain_drop()
 
     def action_explain_drop(self) -> None:
@@ -787,10 +849,9 @@ class FwtopApp(App[None]):
             + off_segments(self.drop_stats)))
 
     def on_view_ready(self, _: ViewReady) -> None:
-        self._throttled(self._last_render, "_render_timer_armed", self._render_newest_now)
+        self._request("rules")
 
     def _render_newest_now(self) -> None:
-        self._render_timer_armed = False
         with self._lock:
             view = self._latest
             self._render_pending = False
@@ -807,11 +868,10 @@ class FwtopApp(App[None]):
         # every drop on screen each tick would be wasted).
         first = self.shown is None or self.shown.reloads != view.reloads
         if first:
-            self.correlator.use(view.ruleset)
+            self._attrib.use(view.ruleset)  # the evaluator is built on the worker's thread
         if first and self.drops_table.events:
             self._show_drop_rows()  # the rule column can now be filled in
         self.shown = view
-        self._last_render = time.monotonic()
         self.renders += 1
         if not view.errors:
             self._error = None
@@ -924,7 +984,7 @@ class FwtopApp(App[None]):
         if focused is self.table or (focused is not None and focused.id == "filter"):
             self._filter_target = "rules"
         elif focused is not None and (focused.id == "packet-filter" or (
-                isinstance(focused, DataTable) and isinstance(focused.parent, PacketsPane))):
+                isinstance(focused, RowList) and isinstance(focused.parent, PacketsPane))):
             self._filter_target = "packets"
         elif focused is not None and focused.id in ("drops", "drop-filter"):
             self._filter_target = "drops"

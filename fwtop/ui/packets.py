@@ -58,13 +58,14 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from fwtop.core.capture_events import CaptureStats, FlowEvent, PacketEvent
 from fwtop.core.flows import flow_event_key, packet_flow_key
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.capture import CaptureBatch
 from fwtop.ui.render import DIM, Segment, clip, human_count, safe
+from fwtop.ui.rowlist import Cells, ColumnSpec, RowList
 from fwtop.ui.widgets import set_text
 
 RENDER_INTERVAL = 0.1  # at most 10 renders a second, whatever the packet rate
@@ -194,29 +195,27 @@ def flow_line(e: FlowEvent) -> str:
 # --- widgets ---------------------------------------------------------------------------------
 
 
-class PacketsTable(DataTable[Text]):
-    """The newest packets first. DataTable only appends, so each render refills it (at most
-    MAX_ROWS rows, at most ~10 times a second, and only when something changed); the cursor
-    stays on the same packet while newer ones push it down."""
+class PacketsTable(RowList):
+    """The newest packets first (at most MAX_ROWS); the cursor stays on the same packet while
+    newer ones push it down, and on the newest while it is on the first row."""
 
+    COLUMNS = tuple(ColumnSpec(key, label, width) for key, label, width in PACKET_COLUMNS)
     MAX_ROWS = 200
+    FOLLOW_TOP = True
+    CACHE_ROWS = 800
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(cursor_type="row", **kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.events: list[PacketEvent] = []
-        self.keys: list[str] = []
         self.refills = 0
+        self._made: dict[int, tuple[str | None, Cells]] = {}
 
-    def on_mount(self) -> None:
-        for key, label, width in PACKET_COLUMNS:
-            self.add_column(label, key=key, width=width)
-
-    def cell_text(self, row: int, column: str) -> str:
-        return self.get_cell(self.keys[row], column).plain
+    def cell_text(self, row: int, column: str) -> str:  # type: ignore[override]
+        return self.cell_plain(row, column)
 
     def cell_style(self, row: int, column: str) -> str:
-        spans = self.get_cell(self.keys[row], column).spans
-        return str(spans[0].style) if spans else ""
+        cell = self.cells_of(row)[self.column_index(column)]
+        return cell[0][1] if cell else ""
 
     @property
     def selected(self) -> PacketEvent | None:
@@ -227,27 +226,21 @@ class PacketsTable(DataTable[Text]):
     def show(self, events: Sequence[PacketEvent],
              state_of: Callable[[PacketEvent], str | None] = lambda _: None) -> None:
         """Show `events` (newest first); `state_of` says what became of each one's flow."""
-        from fwtop.ui.widgets import to_text
-
-        keep = self.selected if self.cursor_row > 0 else None  # row 0 follows the newest
         events = list(events[: self.MAX_ROWS])
-        with self.app.batch_update():
-            self.clear()
-            keys = []
-            for e in events:
-                # seq numbers packets in capture order: a unique, stable row key.
-                key = f"p{e.seq}"
-                keys.append(key)
-                cells = packet_cells(e, state_of(e))
-                self.add_row(*(to_text(cell) for cell in cells), key=key)
-            self.events = events
-            self.keys = keys
-            self.refills += 1
-            if keep is not None:
-                for i, e in enumerate(events):
-                    if e is keep:
-                        self.move_cursor(row=i, animate=False)
-                        break
+        # seq numbers packets in capture order: a unique, stable row key. A row's cells are
+        # reused while its flow state is unchanged (unchanged = not measured or drawn again).
+        made: dict[int, tuple[str | None, Cells]] = {}
+        cells = []
+        for e in events:
+            state = state_of(e)
+            hit = self._made.get(e.seq)
+            row = hit[1] if hit is not None and hit[0] == state else packet_cells(e, state)
+            made[e.seq] = (state, row)
+            cells.append(row)
+        self._made = made
+        self.set_rows([e.seq for e in events], cells)
+        self.events = events
+        self.refills += 1
 
 
 class PacketsPane(Vertical):
@@ -301,6 +294,9 @@ class PacketsPane(Vertical):
         self._timer_armed = False
         self._render_cost = 0.0
         self.renders = 0
+        # Set by the app: called (UI thread) when there is something new; the app then calls
+        # _take() in its next render tick. Unset, the pane paces its own renders.
+        self.on_dirty: Callable[[], None] | None = None
 
     def compose(self) -> ComposeResult:
         yield PacketsTable(id="packets")
@@ -338,6 +334,9 @@ class PacketsPane(Vertical):
 
     def on_packets_pane_ready(self, message: Ready) -> None:
         message.stop()
+        if self.on_dirty is not None:  # the app's render tick takes it (with the other panes)
+            self.on_dirty()
+            return
         # Under a flood the pane renders less often (at most a quarter of the UI's time), so
         # key presses stay responsive.
         interval = max(RENDER_INTERVAL, 4 * self._render_cost)
@@ -447,8 +446,8 @@ class PacketsPane(Vertical):
         self._rows()  # also while paused: the filter applies to what is held
         self._frame()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table is self.table:
+    def on_row_list_selected(self, event: RowList.Selected) -> None:
+        if event.row_list is self.table:
             event.stop()
             self.open_detail()
 

@@ -61,6 +61,11 @@ async def settle(pilot: Any) -> None:
     while app.drops_table.row_count != 9:
         assert time.monotonic() < deadline
         await pilot.pause(0.05)
+    # Rules are attributed on a worker thread ("…" until it answers).
+    while any(app.drops_table.cell_text(i, "rule") == "…" for i in range(9)) or \
+            "finding" in str(app.query_one("#drop-detail").render()):
+        assert time.monotonic() < deadline
+        await pilot.pause(0.05)
     await pilot.pause(0.3)
 
 

@@ -1,0 +1,379 @@
+"""RowList: rows of (text, style) cells in fixed columns, drawn through Textual's line API.
+
+The Drops, Packets and Rules panes change several times a second under load. Textual's
+DataTable re-measures every new cell and re-renders every visible cell of a refilled table
+(measured: 40-70 ms per table per frame at 50,000 packets/s, most of the UI thread), so these
+panes use this widget instead, after the toolong model in STYLE.md: each row is rendered once
+into a `Strip` kept in a cache keyed by the row's key and cells, a frame only picks the visible
+strips (the cursor row gets its style on the way out), and handing over new rows costs a dict
+update, not a re-layout. Columns have fixed widths; a column declared with width None grows to
+its widest content (never shrinks, so rows do not jitter) and growing it is the only thing that
+drops the whole cache. The first `fixed_columns` stay in place when scrolled sideways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment as RichSegment
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.cache import LRUCache
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+Segment = tuple[str, str]  # (terminal-safe text, Rich style)
+Cell = tuple[Segment, ...]
+Cells = tuple[Cell, ...]
+
+PAD = 1  # blank cells on each side of every column (as DataTable's cell_padding)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    key: str
+    label: str
+    width: int | None  # None: as wide as its widest content so far
+    right: bool = False  # right-aligned (numbers)
+
+
+@lru_cache(maxsize=512)
+def _style(name: str) -> Style:
+    return Style.parse(name) if name else Style.null()
+
+
+def cell_width(cell: Cell) -> int:
+    return sum(cell_len(text) for text, _ in cell)
+
+
+def _cell_segments(cell: Cell, width: int, right: bool) -> list[RichSegment]:
+    """One cell cut or padded to exactly `width` cells ("…" marks a cut)."""
+    total = cell_width(cell)
+    if total > width:
+        out: list[RichSegment] = []
+        room = width - 1
+        last = ""
+        for text, style in cell:
+            if room <= 0:
+                break
+            n = cell_len(text)
+            last = style
+            if n > room:
+                text = set_cell_size(text, room)
+                n = room
+            out.append(RichSegment(text, _style(style)))
+            room -= n
+        if width > 0:
+            out.append(RichSegment("…", _style(last)))
+        return out
+    segs = [RichSegment(text, _style(style)) for text, style in cell if text]
+    if total < width:
+        pad = RichSegment(" " * (width - total))
+        return [pad, *segs] if right else [*segs, pad]
+    return segs
+
+
+class RowList(ScrollView, can_focus=True):
+    """A keyed list of rows; `set_rows(keys, cells)` replaces them and keeps the cursor on the
+    same key (or, with `follow_top`, on the newest row while it is at the top)."""
+
+    COLUMNS: tuple[ColumnSpec, ...] = ()
+    FIXED_COLUMNS = 0
+    FOLLOW_TOP = False  # row 0 follows the newest row (event lists)
+    CACHE_ROWS = 4096  # drawn rows kept (an event list needs only a few times what it shows)
+
+    BINDINGS = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "First", show=False),
+        Binding("end", "jump(-1)", "Last", show=False),
+        Binding("enter", "select", "Select", show=False),
+    ]
+
+    COMPONENT_CLASSES = {"rowlist--header", "rowlist--cursor"}
+
+    DEFAULT_CSS = """
+    RowList {
+        background: $surface;
+        color: $foreground;
+        height: 1fr;
+        & > .rowlist--header { text-style: bold; background: $panel; color: $foreground; }
+        & > .rowlist--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .rowlist--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
+    }
+    """
+
+    class Highlighted(Message):
+        """The cursor moved to another row (by a key, a click or `move_cursor`)."""
+
+        def __init__(self, row_list: RowList, cursor_row: int) -> None:
+            super().__init__()
+            self.row_list = row_list
+            self.cursor_row = cursor_row
+
+        @property
+        def control(self) -> RowList:
+            return self.row_list
+
+    class Selected(Message):
+        """Enter (or a click on the cursor row)."""
+
+        def __init__(self, row_list: RowList, cursor_row: int) -> None:
+            super().__init__()
+            self.row_list = row_list
+            self.cursor_row = cursor_row
+
+        @property
+        def control(self) -> RowList:
+            return self.row_list
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._keys: list[Hashable] = []
+        self._cells: list[Cells] = []
+        self._index: dict[Hashable, int] = {}
+        self._widths = [c.width if c.width is not None else cell_len(c.label)
+                        for c in self.COLUMNS]
+        # row key -> (cells, full-width strip, finished line, the frame it was finished for)
+        self._strips: LRUCache[Hashable, tuple[Cells, Strip, Strip, tuple[int, int, Style]]] = \
+            LRUCache(self.CACHE_ROWS)
+        self._frame: tuple[int, int, Style] | None = None
+        self._header: Strip | None = None
+        self.cursor_row = 0
+        self.rebuilds = 0  # times a column grew and every cached row had to be drawn again
+        self.rows_drawn = 0  # rows rendered into a strip (a cached row costs nothing)
+
+    # --- data ---------------------------------------------------------------------------------
+
+    @property
+    def row_count(self) -> int:
+        return len(self._keys)
+
+    @property
+    def cursor_key(self) -> Hashable | None:
+        if not self._keys:
+            return None
+        return self._keys[min(self.cursor_row, len(self._keys) - 1)]
+
+    @property
+    def visible_rows(self) -> tuple[int, int]:
+        """(first row on screen, how many rows fit under the header)."""
+        return round(self.scroll_y), max(1, self.scrollable_content_region.height - 1)
+
+    def get_row_index(self, key: Hashable) -> int:
+        return self._index[key]
+
+    def cells_of(self, row: int) -> Cells:
+        return self._cells[row]
+
+    def column_index(self, key: str) -> int:
+        for i, c in enumerate(self.COLUMNS):
+            if c.key == key:
+                return i
+        raise KeyError(key)
+
+    def set_rows(self, keys: Sequence[Hashable], cells: Sequence[Cells]) -> None:
+        """Show these rows (keys unique). Only rows whose cells changed are drawn again, and
+        only when they are on screen."""
+        old = self.cursor_key
+        keep = old is not None and (not self.FOLLOW_TOP or self.cursor_row > 0)
+        before, before_cells = self._index, self._cells
+        self._keys = list(keys)
+        self._cells = list(cells)
+        self._index = {k: i for i, k in enumerate(self._keys)}
+        # Measure only rows that are new or changed (a tick of a big ruleset changes few).
+        fresh = []
+        for k, c in zip(self._keys, self._cells, strict=True):
+            i = before.get(k)
+            if i is None or before_cells[i] is not c:
+                fresh.append(c)
+        self._grow(fresh)
+        row = self.cursor_row
+        if keep and old in self._index:
+            row = self._index[old]
+        row = max(0, min(row, len(self._keys) - 1))
+        self._set_virtual_size()
+        moved = row != self.cursor_row
+        self.cursor_row = row
+        if moved:
+            self._scroll_to_cursor()
+        self.refresh()
+
+    def _grow(self, rows: Sequence[Cells]) -> None:
+        auto = [i for i, c in enumerate(self.COLUMNS) if c.width is None]
+        if not auto:
+            return
+        widths = self._widths
+        grew = False
+        for cells in rows:
+            for i in auto:
+                w = cell_width(cells[i])
+                if w > widths[i]:
+                    widths[i] = w
+                    grew = True
+        if grew:
+            if len(self._strips):
+                self.rebuilds += 1
+            self._strips.clear()
+            self._header = None
+
+    @property
+    def total_width(self) -> int:
+        return sum(w + 2 * PAD for w in self._widths)
+
+    def _set_virtual_size(self) -> None:
+        size = Size(self.total_width, len(self._keys) + 1)
+        if size != self.virtual_size:
+            # Not through the reactive: it would lay out the whole screen (a layout pass costs
+            # more than a frame), and the widget's own size does not depend on its content.
+            # Scrollbars are updated here; showing or hiding one lays out by itself.
+            self.set_reactive(RowList.virtual_size, size)
+            self._scroll_update(size)
+
+    # --- cursor -------------------------------------------------------------------------------
+
+    def move_cursor(self, row: int, animate: bool = False) -> None:
+        if not self._keys:
+            return
+        row = max(0, min(row, len(self._keys) - 1))
+        if row == self.cursor_row:
+            return
+        self.cursor_row = row
+        self._scroll_to_cursor()
+        self.refresh()
+        self.post_message(self.Highlighted(self, row))
+
+    def _scroll_to_cursor(self) -> None:
+        top, visible = self.visible_rows
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
+        elif self.cursor_row >= top + visible:
+            self.scroll_to(y=self.cursor_row - visible + 1, animate=False, immediate=True)
+
+    def action_cursor(self, delta: int) -> None:
+        self.move_cursor(self.cursor_row + delta)
+
+    def action_page(self, direction: int) -> None:
+        page = max(1, self.scrollable_content_region.height - 2)
+        self.move_cursor(self.cursor_row + direction * page)
+
+    def action_jump(self, row: int) -> None:
+        self.move_cursor(row if row >= 0 else len(self._keys) - 1)
+
+    def action_select(self) -> None:
+        if self._keys:
+            self.post_message(self.Selected(self, self.cursor_row))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y < 1:
+            return
+        row = round(self.scroll_y) + event.y - 1
+        if not 0 <= row < len(self._keys):
+            return
+        if row == self.cursor_row:
+            self.action_select()
+        else:
+            self.move_cursor(row)
+
+    # --- drawing ------------------------------------------------------------------------------
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+        self._header = None
+
+    def _draw(self, cells: Sequence[Cell | str]) -> Strip:
+        segments: list[RichSegment] = []
+        pad = RichSegment(" " * PAD)
+        for column, width, cell in zip(self.COLUMNS, self._widths, cells, strict=True):
+            if isinstance(cell, str):
+                cell = ((cell, ""),)
+            segments.append(pad)
+            segments.extend(_cell_segments(cell, width, column.right))
+            segments.append(pad)
+        return Strip(segments, self.total_width)
+
+    def _finish(self, strip: Strip, frame: tuple[int, int, Style]) -> Strip:
+        """A full-width row as the widget shows it: scrolled sideways (the fixed columns
+        stay), on the widget's background, exactly as wide as the widget."""
+        width, scroll_x, base = frame
+        if scroll_x:
+            fixed = sum(w + 2 * PAD for w in self._widths[: self.FIXED_COLUMNS])
+            strip = Strip.join([strip.crop(0, fixed),
+                                strip.crop(fixed + scroll_x, scroll_x + width)])
+        return strip.apply_style(base).adjust_cell_length(width, base)
+
+    def _row_line(self, row: int, frame: tuple[int, int, Style]) -> Strip:
+        """The finished line of a row, cached with the cells and the frame it was made for:
+        a row that did not change costs a dictionary look-up per frame."""
+        key = self._keys[row]
+        cells = self._cells[row]
+        cached = self._strips.get(key)
+        if cached is not None and (cached[0] is cells or cached[0] == cells):
+            strip, line, made_for = cached[1], cached[2], cached[3]
+            if made_for == frame:
+                return line
+        else:
+            strip = self._draw(cells)
+            self.rows_drawn += 1
+        line = self._finish(strip, frame)
+        self._strips[key] = (cells, strip, line, frame)
+        return line
+
+    def _header_strip(self) -> Strip:
+        if self._header is None:
+            labels = [c.label for c in self.COLUMNS]
+            style = self.get_component_rich_style("rowlist--header")
+            self._header = self._draw(labels).apply_style(style)
+        return self._header
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # What every line of this frame shares, computed once (rich_style walks the DOM).
+        self._frame = (self.scrollable_content_region.width, round(self.scroll_x),
+                       self.rich_style)
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        frame = self._frame
+        if frame is None:
+            frame = (self.scrollable_content_region.width, round(self.scroll_x),
+                     self.rich_style)
+        width, _, base = frame
+        if y == 0:
+            return self._finish(self._header_strip(), frame)
+        row = round(self.scroll_y) + y - 1
+        if row >= len(self._keys):
+            return Strip.blank(width, base)
+        if row != self.cursor_row:
+            return self._row_line(row, frame)
+        self._row_line(row, frame)
+        strip = self._strips[self._keys[row]][1]
+        cursor = self.get_component_rich_style("rowlist--cursor")
+        strip = Strip(RichSegment.apply_style(strip, post_style=cursor), strip.cell_length)
+        return self._finish(strip, frame)
+
+    def cell_plain(self, row: int, column: str) -> str:
+        return "".join(text for text, _ in self._cells[row][self.column_index(column)])
+
+    def cell_text(self, row: int, column: str) -> Text:
+        text = Text(no_wrap=True, end="")
+        for plain, style in self._cells[row][self.column_index(column)]:
+            text.append(plain, style or None)
+        return text
