@@ -582,7 +582,7 @@ def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
     pid = spawn_reverter(prev.id) if spawn else None
     timer = _start_timer(prev.id, prev.edit.confirm_within) if spawn else None
 
-    def work() -> None:
+    def work() -> int | None:
         try:
             _fw_check(change, prev.bus, not change.present_after)
             firewalld.make(change, prev.bus)
@@ -590,12 +590,13 @@ def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
                 raise EditError("firewalld accepted the change but does not show it")
         except FirewalldError as exc:
             raise EditError(str(exc)) from None
+        return firewalld.daemon_pid(prev.bus)
 
     with journal.locked() as records:
         r = _find(records, prev.id)
         r.pid, r.timer = pid, timer
         try:
-            _in(prev.netns, work)
+            fw_pid = _in(prev.netns, work)
         except BaseException as exc:
             r.state, r.removed_at = "removed", time.time()
             r.note = f"not written: {exc}"
@@ -606,6 +607,7 @@ def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
             raise
         r.state = "active"
         r.edit = {**r.edit, "planned": False}
+        r.flow = {**r.flow, "firewalld_pid": fw_pid}
         record = r
     return record
 
@@ -622,10 +624,17 @@ def _fw_revert(r: Record) -> tuple[str, str]:
     change, bus = _fw_record(r)
 
     def work() -> tuple[str, str]:
-        firewalld.check_owner(bus)
+        pid = firewalld.check_owner(bus)
         if firewalld.has(change, bus) != change.present_after:
             if r.edit.get("planned"):
                 return "removed", "the edit was never written"
+            was = r.flow.get("firewalld_pid")
+            if was is not None and was != pid and change.op == "add":
+                return "reverted", (
+                    "firewalld no longer has the change: it was restarted since the edit. If "
+                    "it had been killed, the rules the edit made may still be in the kernel "
+                    "(firewalld 1.3 does not flush the table a killed firewalld left) until "
+                    "`firewall-cmd --reload`")
             return "reverted", ("already undone (a firewalld reload or restart, or someone "
                                 "else): nothing to do")
         firewalld.make(change.inverse, bus)
@@ -638,8 +647,8 @@ def _fw_revert(r: Record) -> tuple[str, str]:
     except NetnsError:
         return "gone", "its namespace no longer exists"
     except FirewalldError as exc:
-        return "conflict", (f"revert failed: {exc} (a firewalld restart also drops the "
-                            "runtime change)")
+        return "conflict", (f"revert failed: {exc} (firewalld unreachable: a `firewall-cmd "
+                            "--reload` once it is back puts the permanent configuration back)")
 
 
 def _fw_confirm(r: Record) -> str:

@@ -126,6 +126,9 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
         if plan.backend == "firewalld":
             # firewalld's timer started when it took the rule, not at the preview.
             plan.expires_at = time.time() + plan.ttl
+            from fwtop.firewall.firewalld import daemon_pid
+
+            fw_pid[0] = daemon_pid(bus)  # a later restart of firewalld can then be told
         after = Evaluator(load_ruleset()).evaluate(prev.packet, net)
         still = None
         if after.verdict in ("drop", "reject"):
@@ -133,6 +136,7 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
                      f"drops it too; allow there as well (fwtop explain shows the path)")
         return handle, still
 
+    fw_pid: list[int | None] = [None]
     try:
         handle, still = _in(netns, work)
     except BaseException:
@@ -145,6 +149,8 @@ def apply(prev: Preview, netns: str | None, journal: Journal | None = None,
         for r in records:
             if r.id == plan.id:
                 r.state, r.handle, r.expires_at = "active", handle, plan.expires_at
+                if plan.backend == "firewalld":
+                    r.flow = {**r.flow, "firewalld_pid": fw_pid[0]}
                 record = r
     if start_janitor:
         spawn_janitor()
@@ -190,10 +196,14 @@ def _remove(record: Record) -> str:
 
     def work() -> bool:
         if record.backend == "firewalld":
+            from fwtop.firewall.firewalld import daemon_pid
+
             found = fw.remove_firewalld(str(record.flow.get("zone")),
                                         str(record.flow.get("rich_rule")),
                                         _record_bus(record))
-            if not found and record.state == "leftover":
+            was = record.flow.get("firewalld_pid")
+            restarted = was is not None and daemon_pid(_record_bus(record)) != was
+            if not found and (record.state == "leftover" or restarted):
                 orphan = _firewalld_orphan(record)
                 if orphan is not None:
                     raise _Orphan(orphan)

@@ -304,7 +304,10 @@ def test_firewalld_killed_the_hole_stays_and_fwtop_says_so(lab: Lab,
     the kernel still has it) until a `--reload`. fwtop keeps it in `temp list` as a leftover
     saying so, and drops it once the kernel no longer accepts the flow. Last in the file: it
     kills and restarts the module's firewalld."""
-    port = PORTS[1]
+    port, edited = PORTS[1], PORTS[2]
+    edit = json.loads(fwtop(env, "edit", "--netns", lab.ns, "--insert", f"port={edited}/tcp",
+                            "--chain", "firewalld:public", "--confirm-within", "60",
+                            "--json").stdout)
     out = json.loads(fwtop(env, "allow", "--netns", lab.ns, "--proto", "tcp", "--src",
                            CLIENT_IP, "--dport", str(port), "--ttl", "3", "--json").stdout)
     _kill_helpers(Path(env["FWTOP_STATE_DIR"]))
@@ -312,20 +315,27 @@ def test_firewalld_killed_the_hole_stays_and_fwtop_says_so(lab: Lab,
     time.sleep(max(0.0, out["expires_at"] - time.time()) + 1.0)
     assert lab.connect(port) == "connected"  # no daemon, no timer
     listed = json.loads(fwtop(env, "temp", "list", "--json").stdout)
-    assert [(r["id"], r["state"]) for r in listed] == [(out["id"], "leftover")]
-    assert "its rule stays in the kernel" in listed[0]["note"]
+    assert [(r["id"], r["state"]) for r in listed] == [(edit["id"], "active"),
+                                                       (out["id"], "leftover")]
+    assert "its rule stays in the kernel" in listed[1]["note"]
 
     lab.fwd.start_firewalld()
     assert out["text"] not in lab.fwd.cmd("--zone=public", "--list-rich-rules").stdout
     assert lab.connect(port) == "connected"  # the orphan in firewalld's old table
-    (left,) = json.loads(fwtop(env, "temp", "list", "--json").stdout)
+    (left,) = [r for r in json.loads(fwtop(env, "temp", "list", "--json").stdout)
+               if r["id"] == out["id"]]
     assert left["state"] == "leftover" and "firewall-cmd --reload" in left["note"]
     assert "filter_IN_public_allow" in left["note"]
     revert = fwtop(env, "temp", "revert", out["id"], check=False)
     assert revert.returncode != 0 and "not reverted" in revert.stderr
+    # The edit's port is gone from firewalld's runtime, not from the kernel: fwtop says so.
+    assert lab.connect(edited) == "connected"
+    fwtop(env, "temp", "revert", edit["id"])
+    note = {r["id"]: str(r["note"]) for r in _journal(env)}[edit["id"]]
+    assert "restarted since the edit" in note and "firewall-cmd --reload" in note
 
     lab.fwd.cmd("--reload")
-    assert lab.connect(port) == "rejected"
+    assert lab.connect(port) == "rejected" and lab.connect(edited) == "rejected"
     assert json.loads(fwtop(env, "temp", "list", "--json").stdout) == []
-    (rec,) = _journal(env)
-    assert rec["state"] == "removed"
+    assert {r["id"]: r["state"] for r in _journal(env)} == {edit["id"]: "reverted",
+                                                            out["id"]: "removed"}
