@@ -194,7 +194,8 @@ class RowList(ScrollView, can_focus=True):
         only when they are on screen."""
         old = self.cursor_key
         keep = old is not None and (not self.FOLLOW_TOP or self.cursor_row > 0)
-        before, before_cells = self._index, self._cells
+        before, before_cells, before_keys = self._index, self._cells, self._keys
+        rebuilds, cursor_before = self.rebuilds, self.cursor_row
         self._keys = list(keys)
         self._cells = list(cells)
         self._index = {k: i for i, k in enumerate(self._keys)}
@@ -214,7 +215,16 @@ class RowList(ScrollView, can_focus=True):
         self.cursor_row = row
         if moved:
             self._scroll_to_cursor()
-        self.refresh()
+        top, height = self.visible_rows
+        if (moved or self.rebuilds != rebuilds or self.cursor_row != cursor_before
+                or self._keys[top: top + height] != before_keys[top: top + height]):
+            self.refresh()
+            return
+        # The same rows on screen (a counter tick of the Rules pane, or a list scrolled
+        # back): repaint only the lines whose cells changed.
+        for row in range(top, min(top + height, len(self._keys))):
+            if self._cells[row] is not before_cells[row]:
+                self.refresh_line(row + 1)  # line 0 of the content is the header
 
     def _grow(self, rows: Sequence[Cells]) -> None:
         auto = [i for i, c in enumerate(self.COLUMNS) if c.width is None]
