@@ -191,6 +191,9 @@ class FwtopApp(App[None]):
                 tooltip="Active temporary rules and edits: revert, extend, confirm"),
         Binding("d", "edit_delete", "Delete rule", id="edit-delete", show=False,
                 tooltip="Delete the selected rule, reverted by itself unless confirmed (C)"),
+        Binding("m", "edit_move", "Move rule", id="edit-move", show=False,
+                tooltip="Pick up the selected rule; m again on another rule of its chain moves "
+                        "it there, reverted by itself unless confirmed (C)"),
         Binding("P", "edit_policy", "Flip policy", id="edit-policy", show=False,
                 tooltip="Flip the selected chain's policy (drop/accept), reverted unless "
                         "confirmed (C)"),
@@ -232,6 +235,7 @@ class FwtopApp(App[None]):
         self.clock: Callable[[], float] = time.time  # wall clock for display (tests pin it)
         self.temp_records: list[Record] = []
         self._edit_preview: EditPreview | None = None
+        self._moving: Rule | None = None  # picked up by `m`, waiting for its new place
         self._warned: set[str] = set()
         self._conntrack_factory = conntrack_factory
         self._ct: ConntrackHandle | None = None
@@ -733,17 +737,50 @@ class FwtopApp(App[None]):
         self.push_screen(AllowScreen(title, preview, apply, ttl=edit.confirm_within,
                                      verb="Edit"))
 
+    @staticmethod
+    def _rule_ref(rule: Rule) -> RuleRef:
+        """nft and iptables-nft rules by handle; legacy ones by position, checked against
+        their text by the edit itself (never a stale position)."""
+        legacy = rule.backend == "iptables-legacy"
+        return RuleRef(rule.table, rule.chain, handle=None if legacy else rule.handle,
+                       position=rule.position if legacy else None, family=rule.family)
+
     def action_edit_delete(self) -> None:
         rule, _chain = self._selected_rule()
         if rule is None:
             self.notify("Select a rule in the Rules pane (2) first.", timeout=3)
             return
-        ref = RuleRef(rule.table, rule.chain,
-                      handle=rule.handle if rule.backend != "iptables-legacy" else None,
-                      position=rule.position if rule.backend == "iptables-legacy" else None,
-                      family=rule.family)
-        self._start_edit(Edit("delete", rule=ref, expect_text=rule.text),
+        self._start_edit(Edit("delete", rule=self._rule_ref(rule), expect_text=rule.text),
                          f"delete {rule.chain} #{rule.position}")
+
+    def action_edit_move(self) -> None:
+        """`m` on a rule picks it up; `m` on another rule of the same chain puts it right
+        before that one (a commit-confirmed edit, previewed first); esc drops it."""
+        rule, _chain = self._selected_rule()
+        moving = self._moving
+        if moving is None:
+            if rule is None:
+                self.notify("Select a rule in the Rules pane (2) first.", timeout=3)
+                return
+            self._moving = rule
+            self.notify(f"moving {rule.chain} #{rule.position}: put the cursor on the rule it "
+                        "should go before (same chain) and press m again; esc cancels",
+                        timeout=8)
+            self._show_status()
+            return
+        if rule is None or (rule.backend, rule.family, rule.table, rule.chain) != (
+                moving.backend, moving.family, moving.table, moving.chain):
+            self.notify(f"{moving.chain} #{moving.position} can only move before another rule "
+                        f"of {moving.table} {moving.chain} (esc cancels)", timeout=4)
+            return
+        self._moving = None
+        self._show_status()
+        if rule.key == moving.key:
+            self.notify("Move cancelled (same rule).", timeout=3)
+            return
+        self._start_edit(Edit("move", rule=self._rule_ref(moving), before=self._rule_ref(rule),
+                              expect_text=moving.text),
+                         f"move {moving.chain} #{moving.position} before #{rule.position}")
 
     def action_edit_policy(self) -> None:
         _rule, chain = self._selected_rule()
@@ -925,6 +962,9 @@ class FwtopApp(App[None]):
         if self.needle:
             shown = sum(1 for k in self.table.row_keys if not k.startswith("chain|"))
             note += f"  ·  filter {self.needle!r}: {shown} rules"
+        if self._moving is not None:
+            note += (f"  ·  moving {self._moving.chain} #{self._moving.position}: m on the "
+                     "rule it goes before, esc cancels")
         if self.temp_records:
             now = time.time()
             note += "  ·  temp: " + ", ".join(
@@ -1031,6 +1071,11 @@ class FwtopApp(App[None]):
         box.focus()
 
     def action_clear_filter(self) -> None:
+        if self._moving is not None:
+            self._moving = None
+            self._show_status()
+            self.notify("Move cancelled.", timeout=2)
+            return
         box = self._filter_box()
         if box.value or box.has_class("-visible"):
             box.value = ""
@@ -1087,6 +1132,9 @@ class FwtopApp(App[None]):
                             "confirm (r)", self.action_temp_rules)
         yield SystemCommand("Delete the selected rule (commit-confirmed)",
                             "Reverted by itself unless confirmed (d)", self.action_edit_delete)
+        yield SystemCommand("Move the selected rule (commit-confirmed)",
+                            "m, then m on the rule it should go before (m)",
+                            self.action_edit_move)
         yield SystemCommand("Flip the selected chain's policy (commit-confirmed)",
                             "drop <-> accept, reverted unless confirmed (P)",
                             self.action_edit_policy)
