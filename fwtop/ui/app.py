@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -75,7 +76,9 @@ from fwtop.ui.widgets import (
     FwtopHeader,
     RulesTable,
     StatusLine,
+    set_border,
     set_text,
+    set_tooltip,
     to_text,
 )
 
@@ -84,6 +87,7 @@ RENDER_HZ = 10.0
 RENDER_BUDGET = 4.0  # a tick comes at most every 4x what the last one cost (<= 25% of the UI)
 MIN_RENDER_INTERVAL = 1.0 / RENDER_HZ
 MAX_RENDER_INTERVAL = 2.0  # however slow the machine, the panes move at least this often
+KEY_QUIET = 0.15  # seconds after a key press with no render tick (its frame goes out alone)
 
 
 class MonitorHandle(Protocol):
@@ -254,6 +258,7 @@ class FwtopApp(App[None]):
         self._tick_armed = False
         self._last_tick = 0.0
         self._tick_cost = 0.0  # seconds the last tick took, the frame it caused included
+        self._last_key = float("-inf")
         self.ticks = 0
         self._drops: DropsHandle | None = None
         self.drop_log = DropLog()
@@ -440,7 +445,19 @@ class FwtopApp(App[None]):
         else:  # after the messages already queued (a burst still costs one tick)
             self.call_later(self._tick)
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._last_key = time.monotonic()
+        await super().on_event(event)
+
     def _tick(self) -> None:
+        # Right after a key press, let its own frame go out alone (a tick's renders and their
+        # frame would delay it), unless the panes have already waited long.
+        now = time.monotonic()
+        quiet = self._last_key + KEY_QUIET - now
+        if quiet > 0 and now - self._last_tick < MAX_RENDER_INTERVAL:
+            self.set_timer(quiet, self._tick)
+            return
         self._tick_armed = False
         dirty, self._dirty = self._dirty, set()
         started = time.perf_counter()
@@ -878,9 +895,9 @@ class FwtopApp(App[None]):
     def _show_drops_frame(self) -> None:
         """The pane's title (every source's counts, off sources) and the summary line."""
         pane = self._q("#drops-pane")
-        pane.border_title = drops_title(self.drop_stats, self.paused)
+        set_border(pane, drops_title(self.drop_stats, self.paused))
         reasons = off_reasons(self.drop_stats)
-        pane.tooltip = "\n".join(reasons) if reasons else None
+        set_tooltip(pane, "\n".join(reasons) if reasons else None)
         set_text(self._q("#drop-summary", Static), to_text(summary_segments(
             self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)
             + off_segments(self.drop_stats)))
@@ -975,7 +992,7 @@ class FwtopApp(App[None]):
     def _update_subtitle(self) -> None:
         pane = self._q("#rules-pane")
         order = "busiest first" if self.by_activity else "chain order"
-        pane.border_subtitle = f"{order} · s to sort"
+        set_border(pane, subtitle=f"{order} · s to sort")
 
     def on_monitor_failed(self, message: MonitorFailed) -> None:
         self._error = message.error

@@ -66,7 +66,7 @@ from fwtop.firewall.netns import NetNamespace
 from fwtop.service.capture import CaptureBatch
 from fwtop.ui.render import DIM, Segment, clip, human_count, safe
 from fwtop.ui.rowlist import Cells, ColumnSpec, RowList
-from fwtop.ui.widgets import set_text
+from fwtop.ui.widgets import set_border, set_text
 
 RENDER_INTERVAL = 0.1  # at most 10 renders a second, whatever the packet rate
 MAX_PENDING = 20_000  # packets received but not yet taken by the UI thread
@@ -406,8 +406,7 @@ class PacketsPane(Vertical):
         self.table.show(self.newest(PacketsTable.MAX_ROWS), self.state_of)
 
     def _frame(self) -> None:
-        self.border_title = packets_title(self.stats, self.paused)
-        self.border_subtitle = "enter details · w pcap"
+        set_border(self, packets_title(self.stats, self.paused), "enter details · w pcap")
         parts: list[Segment] = []
         for state in ("unanswered", "refused", "rejected", "half-open", "pmtu"):
             n = self.counts.get(state, 0)

@@ -72,8 +72,10 @@ A bold row matched packets during the last poll: red for drop/reject, green for 
 | `t` | have the kernel trace the selected drop's flow (nftrace) and compare with fwtop |
 | `a` | allow the selected drop's flow for a TTL (the change is shown first); the kernel closes it |
 | `r` | temporary rules and pending edits: countdowns, revert, extend, confirm |
-| `d` | (Rules pane) delete the selected rule: previewed (diff and impact on recent drops), reverted by itself at the deadline unless confirmed |
-| `m` | (Rules pane) pick up the selected rule; `m` on another rule of its chain moves it right before that one (previewed, reverted unless confirmed); Esc drops it |
+| `d` | (Rules pane) delete the selected rule: previewed (diff and impact on recent drops), \
+reverted by itself at the deadline unless confirmed |
+| `m` | (Rules pane) pick up the selected rule; `m` on another rule of its chain moves it \
+right before that one (previewed, reverted unless confirmed); Esc drops it |
 | `P` | (Rules pane, on a chain's header row) flip the chain's policy drop ↔ accept |
 | `C` | confirm the newest pending edit (it stays; otherwise it reverts at its deadline) |
 | `c` | conntrack: how full, how fast, who fills it |

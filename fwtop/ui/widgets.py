@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
 
 from fwtop.core.events import DropEvent
@@ -35,6 +36,25 @@ def set_text(widget: Static, text: Text | str) -> None:
         return
     widget._fwtop_shown = key  # type: ignore[attr-defined]
     widget.update(text, layout=False)
+
+
+def set_border(widget: Widget, title: str | None = None, subtitle: str | None = None) -> None:
+    """Set a pane's border title and subtitle only when they change: each assignment repaints
+    the whole pane (its border and everything under it), whatever the value."""
+    shown = getattr(widget, "_fwtop_border", (None, None))
+    title = shown[0] if title is None else title
+    subtitle = shown[1] if subtitle is None else subtitle
+    if title != shown[0]:
+        widget.border_title = title
+    if subtitle != shown[1]:
+        widget.border_subtitle = subtitle
+    widget._fwtop_border = (title, subtitle)  # type: ignore[attr-defined]
+
+
+def set_tooltip(widget: Widget, tooltip: str | None) -> None:
+    if getattr(widget, "_fwtop_tooltip", None) != tooltip:
+        widget._fwtop_tooltip = tooltip  # type: ignore[attr-defined]
+        widget.tooltip = tooltip
 
 
 def to_text(segments: Sequence[Segment], justify: str = "left") -> Text:
