@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "to your own SSH session), writes it in one transaction and starts a "
                     "detached reverter that restores the chain at the deadline unless you run "
                     "`fwtop temp confirm ID`. RULE is TABLE:CHAIN:HANDLE (nft, iptables-nft) "
-                    "or TABLE:CHAIN:#POSITION (legacy), optionally FAMILY: in front.")
+                    "or TABLE:CHAIN:#POSITION (legacy), optionally FAMILY: in front. firewalld "
+                    "is edited through firewalld, at runtime, made permanent on confirm: "
+                    "--delete firewalld:ZONE:ELEMENT=VALUE (service, port, source, icmp-block, "
+                    "rich-rule) or --insert 'rule ...'|port=N/tcp|... --chain firewalld:ZONE.")
     _add_netns(p_edit)
     what = p_edit.add_mutually_exclusive_group(required=True)
     what.add_argument("--delete", metavar="RULE", help="delete this rule")

@@ -113,16 +113,6 @@ def check_owner(bus: str | None = None) -> int:
     return pid
 
 
-def zone_of_interface(iface: str, bus: str | None = None) -> str | None:
-    proc = run([f"--get-zone-of-interface={iface}"], bus, check=False)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
-def rich_rules(zone: str, bus: str | None = None, permanent: bool = False) -> list[str]:
-    argv = zone_argv(zone, *(["--permanent"] if permanent else []), "--list-rich-rules")
-    return [ln.strip() for ln in run(argv, bus).stdout.splitlines() if ln.strip()]
-
-
 def add_rich_rule(zone: str, rule: str, timeout: int, bus: str | None = None) -> None:
     """Add a rich rule at runtime with firewalld's own timeout. Refused when the zone already
     has it: that rule is someone else's, and removing "ours" later would remove theirs.
