@@ -65,10 +65,16 @@ class NftraceSession:
         traces: dict[int, KernelTrace] = {}
         done: list[KernelTrace] = []
         deadline = time.monotonic() + timeout
-        last = None
+        # A busy flow traces without pause: "quiet for 0.3 s" never comes, so stop anyway once
+        # enough packets are complete, and at the latest a moment after the deadline.
+        hard_stop = deadline + max(1.0, 4 * quiet)
+        last = first = None
         while True:
             now = time.monotonic()
-            if last is not None and (now - last >= quiet) and len(done) + len(traces) >= want:
+            enough = len(done) + len(traces) >= want
+            if last is not None and (now - last >= quiet) and enough:
+                break
+            if (first is not None and enough and now - first >= 4 * quiet) or now >= hard_stop:
                 break
             if now >= deadline and (last is None or now - last >= quiet):
                 break
@@ -87,6 +93,7 @@ class NftraceSession:
             if steps:
                 group_traces(steps, traces, done, TABLE_PREFIX)
                 last = time.monotonic()
+                first = first if first is not None else last
         done += traces.values()
         return [t for t in done if t.steps][:max(want, 1)]
 

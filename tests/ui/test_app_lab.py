@@ -162,7 +162,10 @@ async def test_lab_drops_show_live_and_agree_with_the_kernel() -> None:
             await until(lambda: isinstance(app.screen, ExplainScreen), "the trace screen")
             screen = app.screen
             assert isinstance(screen, ExplainScreen)
-            await until(lambda: "kernel:" in screen.text, "the kernel's trace", timeout=30)
+            try:
+                await until(lambda: "kernel:" in screen.text, "the kernel's trace", timeout=30)
+            except AssertionError:
+                raise AssertionError(f"no trace: {screen.text!r}") from None
             assert "the evaluator agrees with the kernel" in screen.text, screen.text
     finally:
         lab.down(prefix)
