@@ -328,16 +328,7 @@ def cmd_allow(args: argparse.Namespace) -> int:
         plan = prev.plan
         if not args.json:
             print(f"{args.proto} flow dropped by {tempallow._decider(prev.verdict)}")
-            if plan.backend == "firewalld":
-                print(f"fwtop will ask firewalld to add, in zone {plan.zone} (the zone of "
-                      f"{plan.chain}), a rich rule that expires in {plan.ttl} s; the firewalld "
-                      "daemon enforces that timeout (not the kernel), fwtop writes nothing to "
-                      "firewalld's tables:")
-            else:
-                print(f"fwtop will add, in {plan.backend} {plan.family} {plan.table} "
-                      f"{plan.chain} "
-                      f"{'before #' + str(plan.before.position) if plan.before else 'at the end'}"
-                      f" (expires in {plan.ttl} s, enforced by the kernel):")
+            print(plan.summary())
             for line in plan.commands():
                 print(f"  {line}")
         if args.dry_run:

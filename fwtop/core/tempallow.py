@@ -150,6 +150,17 @@ class Plan:
                  else ["-A", self.chain])
         return [" ".join([tool, "-t", self.table, *where, *[_quote(a) for a in self.ipt_argv]])]
 
+    def summary(self) -> str:
+        """Where the allow goes and who enforces its expiry (shown before the commands)."""
+        if self.backend == "firewalld":
+            return (f"fwtop will ask firewalld to add, in zone {self.zone} (the zone of "
+                    f"{self.chain}), a rich rule that expires in {self.ttl} s; the firewalld "
+                    "daemon enforces that timeout (not the kernel), fwtop writes nothing to "
+                    "firewalld's tables:")
+        where = f"before #{self.before.position}" if self.before else "at the end"
+        return (f"fwtop will add, in {self.backend} {self.family} {self.table} {self.chain} "
+                f"{where} (expires in {self.ttl} s, enforced by the kernel):")
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "expires_at": round(self.expires_at, 3), "backend": self.backend,
                 "family": self.family, "table": self.table, "chain": self.chain,

@@ -619,13 +619,19 @@ class FwtopApp(App[None]):
 
     def _poll_temp(self) -> None:
         """Active temporary rules for the status line; a warning 30 s before each expires."""
-        from fwtop.service.tempallow import active
+        from fwtop.service.tempallow import active, leftovers
 
         try:
             records = [r for r in active() if r.netns == self._netns_name]
+            stuck = [r for r in leftovers() if r.netns == self._netns_name]
         except Exception:  # an unreadable journal must not stop the display
-            records = []
+            records, stuck = [], []
         self.temp_records = records
+        for r in stuck:  # past its deadline and still open (firewalld died): say so, once
+            if r.id not in self._warned:
+                self._warned.add(r.id)
+                self.notify(f"temporary allow {r.id} is past its deadline but may still be "
+                            f"open: {r.note}", severity="error", timeout=30)
         now = time.time()
         for r in records:
             if r.expires_at - now <= 30 and r.id not in self._warned:
@@ -658,11 +664,9 @@ class FwtopApp(App[None]):
 
             prev = tempallow.preview(self._allow_request(e, ttl), netns)
             plan = prev.plan
-            where = f"before #{plan.before.position}" if plan.before else "at the end"
             return "\n".join([
                 f"dropped now by {tempallow._decider(prev.verdict)}",
-                f"fwtop will add, in {plan.backend} {plan.family} {plan.table} {plan.chain} "
-                f"{where}, expiring in {plan.ttl} s (the kernel enforces it):",
+                plan.summary(),
                 *[f"  {c}" for c in plan.commands()],
                 "", "enter: apply · esc: cancel"])
 
