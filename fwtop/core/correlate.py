@@ -177,12 +177,23 @@ class Correlator:
             self._uses_sport = any(isinstance(m, PortMatch) and m.field == "sport"
                                    for r in ruleset.rules() for m in r.matches)
 
+    def _key(self, event: DropEvent) -> tuple[object, ...]:
+        sport = event.sport if self._uses_sport else None
+        return (event.proto, event.src, event.dst, sport, event.dport, event.icmp_type,
+                event.icmp_code, event.iif, event.oif, event.hook, event.prefix, event.group)
+
+    def peek(self, event: DropEvent) -> tuple[bool, Attribution | None]:
+        """(known, attribution) from the per-flow cache only: never evaluates, so another
+        thread may call it while one thread evaluates (one dict look-up)."""
+        if self._ev is None:
+            return False, None
+        hit = self._cache.get(self._key(event))
+        return hit is not None, hit
+
     def attribute(self, event: DropEvent, net: NetContext | None = None) -> Attribution | None:
         if self._ev is None:
             return None
-        sport = event.sport if self._uses_sport else None
-        key = (event.proto, event.src, event.dst, sport, event.dport, event.icmp_type,
-               event.icmp_code, event.iif, event.oif, event.hook, event.prefix, event.group)
+        key = self._key(event)
         hit = self._cache.get(key)
         if hit is not None:
             self.hits += 1

@@ -38,6 +38,7 @@ class AttributionWorker:
         self._cond = threading.Condition()
         self._wanted: list[DropEvent] = []
         self._ruleset: Ruleset | None = None  # to switch to, set by use()
+        self._switching = False  # the correlator is being given the new ruleset
         self._known: OrderedDict[int, tuple[DropEvent, Attribution | None]] = OrderedDict()
         self._generation = 0
         self._thread: threading.Thread | None = None
@@ -70,12 +71,19 @@ class AttributionWorker:
             self._switch()
 
     def get(self, event: DropEvent) -> tuple[bool, Attribution | None]:
-        """(known, attribution): never waits for an evaluation."""
+        """(known, attribution): never waits for an evaluation. A new drop of a flow already
+        attributed is known at once (the correlator's per-flow cache)."""
         with self._cond:
             hit = self._known.get(id(event))
-        if hit is None or hit[0] is not event:
-            return False, None
-        return True, hit[1]
+            if hit is not None and hit[0] is event:
+                return True, hit[1]
+            if self._ruleset is not None or self._switching:  # the cache is of the old one
+                return False, None
+            known, a = self.correlator.peek(event)
+            generation = self._generation
+        if known:
+            self._remember(event, a, generation)
+        return known, a
 
     def want(self, events: Sequence[DropEvent]) -> None:
         """Attribute these (newest first), replacing any earlier wish not worked off yet."""
@@ -102,9 +110,14 @@ class AttributionWorker:
     def _switch(self) -> None:
         with self._cond:
             ruleset, self._ruleset = self._ruleset, None
+            self._switching = ruleset is not None
         if ruleset is not None:
-            with self._lock:
-                self.correlator.use(ruleset)
+            try:
+                with self._lock:
+                    self.correlator.use(ruleset)
+            finally:
+                with self._cond:
+                    self._switching = False
 
     def _remember(self, event: DropEvent, a: Attribution | None, generation: int) -> None:
         with self._cond:

@@ -86,11 +86,12 @@ from fwtop.ui.widgets import (
 PENDING_CELL: Cell = (("…", "dim"),)  # the attribution worker has not answered yet
 RENDER_HZ = 10.0
 RENDER_BUDGET = 4.0  # a tick comes at most every 4x what the last one cost (<= 25% of the UI)
+# (one pane per tick: with three busy panes each one renders at most every 0.3 s)
 MIN_RENDER_INTERVAL = 1.0 / RENDER_HZ
 MAX_RENDER_INTERVAL = 2.0  # however slow the machine, the panes move at least this often
 # The collector's thresholds while the app runs: full passes (100-250 ms each under load, with
 # Python's defaults about every 1.3 s) become rare; what fwtop allocates per event is acyclic.
-GC_THRESHOLD = (2_000, 10, 1_000)
+GC_THRESHOLD = (2_000, 10, 100)
 KEY_QUIET = 0.15  # seconds after a key press with no render tick (its frame goes out alone)
 
 
@@ -259,6 +260,7 @@ class FwtopApp(App[None]):
         self._monitor: MonitorHandle | None = None
         self._drops_factory = drops_factory
         self._dirty: set[str] = set()  # panes with something new for the next render tick
+        self._turns = ["rules", "drops", "packets"]  # whose turn it is among the dirty ones
         self._tick_armed = False
         self._last_tick = 0.0
         self._tick_cost = 0.0  # seconds the last tick took, the frame it caused included
@@ -440,13 +442,17 @@ class FwtopApp(App[None]):
     # --- rendering (UI thread) ------------------------------------------------------------
 
     def _request(self, pane: str) -> None:
-        """Mark a pane as having something new and make sure a render tick is coming. One
-        tick renders every pane marked since the last one, in one batch: one frame. Ticks are
-        at least MIN_RENDER_INTERVAL apart, and RENDER_BUDGET times what the last tick cost,
-        its frame included, so rendering takes at most a quarter of the UI thread and a key
-        press finds it free (or waits for one tick at most)."""
+        """Mark a pane as having something new and make sure a render tick is coming."""
         self._dirty.add(pane)
-        if self._tick_armed:
+        self._arm()
+
+    def _arm(self) -> None:
+        """Each tick renders one pane that has something new (in turn, so none starves) and
+        paints it: the UI thread is never busy for long in one piece, and a key press waits
+        for one pane's render and frame at most. Ticks are at least MIN_RENDER_INTERVAL apart,
+        and RENDER_BUDGET times what the last one cost, its frame included, so rendering takes
+        at most a quarter of the UI thread."""
+        if self._tick_armed or not self._dirty:
             return
         self._tick_armed = True
         interval = min(MAX_RENDER_INTERVAL,
@@ -463,7 +469,7 @@ class FwtopApp(App[None]):
         await super().on_event(event)
 
     def _tick(self) -> None:
-        # Right after a key press, let its own frame go out alone (a tick's renders and their
+        # Right after a key press, let its own frame go out alone (a tick's render and its
         # frame would delay it), unless the panes have already waited long.
         now = time.monotonic()
         quiet = self._last_key + KEY_QUIET - now
@@ -471,17 +477,21 @@ class FwtopApp(App[None]):
             self.set_timer(quiet, self._tick)
             return
         self._tick_armed = False
-        dirty, self._dirty = self._dirty, set()
+        pane = next((p for p in self._turns if p in self._dirty), None)
+        if pane is None:
+            return
+        self._dirty.discard(pane)
+        self._turns.remove(pane)
+        self._turns.append(pane)  # the others go first next time
         started = time.perf_counter()
         self._last_tick = time.monotonic()
         try:
-            with self.batch_update():
-                if "rules" in dirty:
-                    self._render_newest_now()
-                if "drops" in dirty:
-                    self._render_drops_now()
-                if "packets" in dirty:
-                    self._q(PacketsPane)._take()
+            if pane == "rules":
+                self._render_newest_now()
+            elif pane == "drops":
+                self._render_drops_now()
+            else:
+                self._q(PacketsPane)._take()
         except NoMatches:  # data that arrives while the app shuts down has nowhere to go
             return
         self.call_after_refresh(self._tick_done, started)
@@ -489,6 +499,7 @@ class FwtopApp(App[None]):
     def _tick_done(self, started: float) -> None:
         self._tick_cost = time.perf_counter() - started
         self.ticks += 1
+        self._arm()
 
     def on_drops_ready(self, _: DropsReady) -> None:
         self._request("drops")
@@ -514,14 +525,17 @@ class FwtopApp(App[None]):
         self._show_drop_detail()
 
     def _want_visible(self) -> None:
-        """Ask the worker for the rules of the drops on screen (the selected one first): only
-        those are worth an evaluation; their rule cells show "…" until it answers, and rows
-        scrolled to later are asked for then."""
+        """Ask the worker for the rules of the listed drops: the selected one first, then the
+        ones on screen, then the rest (its rule cells show "…" until it answers). Each new
+        render replaces the wish, so under a flood the worker spends its share of a CPU on
+        what is in view."""
         table = self.drops_table
         top, height = table.visible_rows
         selected = table.selected
+        events = table.events
         wanted = [selected] if selected is not None else []
-        wanted += [e for e in table.events[top: top + height] if e is not selected]
+        wanted += [e for e in events[top: top + height] if e is not selected]
+        wanted += [e for e in events[:top] + events[top + height:] if e is not selected]
         wanted = [e for e in wanted if not self._attrib.get(e)[0]]
         if wanted:
             self._attrib.want(wanted)

@@ -65,7 +65,7 @@ from fwtop.core.flows import flow_event_key, packet_flow_key
 from fwtop.firewall.netns import NetNamespace
 from fwtop.service.capture import CaptureBatch
 from fwtop.ui.render import DIM, Segment, clip, human_count, safe
-from fwtop.ui.rowlist import Cells, ColumnSpec, RowList
+from fwtop.ui.rowlist import ColumnSpec, EventList, RowList
 from fwtop.ui.widgets import set_border, set_text
 
 RENDER_INTERVAL = 0.1  # at most 10 renders a second, whatever the packet rate
@@ -195,52 +195,24 @@ def flow_line(e: FlowEvent) -> str:
 # --- widgets ---------------------------------------------------------------------------------
 
 
-class PacketsTable(RowList):
-    """The newest packets first (at most MAX_ROWS); the cursor stays on the same packet while
-    newer ones push it down, and on the newest while it is on the first row."""
+class PacketsTable(EventList[PacketEvent]):
+    """The newest packets first, each coloured by what became of its flow."""
 
     COLUMNS = tuple(ColumnSpec(key, label, width) for key, label, width in PACKET_COLUMNS)
     MAX_ROWS = 200
-    FOLLOW_TOP = True
     CACHE_ROWS = 800
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.events: list[PacketEvent] = []
-        self.refills = 0
-        self._made: dict[int, tuple[str | None, Cells]] = {}
-
-    def cell_text(self, row: int, column: str) -> str:  # type: ignore[override]
-        return self.cell_plain(row, column)
 
     def cell_style(self, row: int, column: str) -> str:
         cell = self.cells_of(row)[self.column_index(column)]
         return cell[0][1] if cell else ""
 
-    @property
-    def selected(self) -> PacketEvent | None:
-        if not self.events or not 0 <= self.cursor_row < len(self.events):
-            return None
-        return self.events[self.cursor_row]
+    def row_key(self, event: PacketEvent) -> int:
+        return event.seq  # numbers packets in capture order: unique and stable
 
     def show(self, events: Sequence[PacketEvent],
              state_of: Callable[[PacketEvent], str | None] = lambda _: None) -> None:
         """Show `events` (newest first); `state_of` says what became of each one's flow."""
-        events = list(events[: self.MAX_ROWS])
-        # seq numbers packets in capture order: a unique, stable row key. A row's cells are
-        # reused while its flow state is unchanged (unchanged = not measured or drawn again).
-        made: dict[int, tuple[str | None, Cells]] = {}
-        cells = []
-        for e in events:
-            state = state_of(e)
-            hit = self._made.get(e.seq)
-            row = hit[1] if hit is not None and hit[0] == state else packet_cells(e, state)
-            made[e.seq] = (state, row)
-            cells.append(row)
-        self._made = made
-        self.set_rows([e.seq for e in events], cells)
-        self.events = events
-        self.refills += 1
+        self.show_events(events, state_of, packet_cells)  # type: ignore[arg-type]
 
 
 class PacketsPane(Vertical):

@@ -13,9 +13,10 @@ drops the whole cache. The first `fixed_columns` stay in place when scrolled sid
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment as RichSegment
@@ -33,6 +34,7 @@ Segment = tuple[str, str]  # (terminal-safe text, Rich style)
 Cell = tuple[Segment, ...]
 Cells = tuple[Cell, ...]
 
+E = TypeVar("E")
 PAD = 1  # blank cells on each side of every column (as DataTable's cell_padding)
 
 
@@ -120,29 +122,21 @@ class RowList(ScrollView, can_focus=True):
     }
     """
 
-    class Highlighted(Message):
+    class _RowMessage(Message):
+        def __init__(self, row_list: RowList, cursor_row: int) -> None:
+            super().__init__()
+            self.row_list = row_list
+            self.cursor_row = cursor_row
+
+        @property
+        def control(self) -> RowList:
+            return self.row_list
+
+    class Highlighted(_RowMessage):
         """The cursor moved to another row (by a key, a click or `move_cursor`)."""
 
-        def __init__(self, row_list: RowList, cursor_row: int) -> None:
-            super().__init__()
-            self.row_list = row_list
-            self.cursor_row = cursor_row
-
-        @property
-        def control(self) -> RowList:
-            return self.row_list
-
-    class Selected(Message):
+    class Selected(_RowMessage):
         """Enter (or a click on the cursor row)."""
-
-        def __init__(self, row_list: RowList, cursor_row: int) -> None:
-            super().__init__()
-            self.row_list = row_list
-            self.cursor_row = cursor_row
-
-        @property
-        def control(self) -> RowList:
-            return self.row_list
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -387,3 +381,53 @@ class RowList(ScrollView, can_focus=True):
         for plain, style in self._cells[row][self.column_index(column)]:
             text.append(plain, style or None)
         return text
+
+
+class EventList(RowList, Generic[E]):
+    """The newest events first (at most MAX_ROWS); the cursor stays on the same event while
+    newer ones push it down, and on the newest while it is on the first row. Subclasses say
+    how an event becomes a row (`row_cells`) and what keys it (`row_key`)."""
+
+    MAX_ROWS = 100
+    FOLLOW_TOP = True
+    CACHE_ROWS = 400
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.events: list[E] = []
+        self.refills = 0
+        self._made: dict[Hashable, tuple[E, Hashable, Cells]] = {}
+
+    def cell_text(self, row: int, column: str) -> str:  # type: ignore[override]
+        return self.cell_plain(row, column)
+
+    @property
+    def selected(self) -> E | None:
+        if not self.events or not 0 <= self.cursor_row < len(self.events):
+            return None
+        return self.events[self.cursor_row]
+
+    def show_events(self, events: Sequence[E], extra: Callable[[E], Hashable],
+                    cells: Callable[[E, Hashable], Cells]) -> None:
+        """Show `events` (newest first). `extra(e)` is what else its row depends on (its rule,
+        its flow's state): a row is reused, not measured or drawn again, while it is equal."""
+        events = list(events[: self.MAX_ROWS])
+        made: dict[Hashable, tuple[E, Hashable, Cells]] = {}
+        keys, rows = [], []
+        for e in events:
+            key = self.row_key(e)
+            more = extra(e)
+            hit = self._made.get(key)
+            row = hit[2] if hit is not None and hit[0] is e and hit[1] == more else cells(e, more)
+            made[key] = (e, more, row)
+            keys.append(key)
+            rows.append(row)
+        self._made = made
+        self.set_rows(keys, rows)
+        self.events = events
+        self.refills += 1
+
+    def row_key(self, event: E) -> Hashable:
+        # id() is a sound key: the strip cache checks the cells too, and the event under the
+        # cursor is still held by self.events while the new list is matched against it.
+        return id(event)

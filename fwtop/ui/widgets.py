@@ -24,7 +24,7 @@ from fwtop.ui.render import (
     header_segments,
 )
 from fwtop.ui.render_drops import DROP_COLUMNS, drop_cells
-from fwtop.ui.rowlist import Cells, ColumnSpec, RowList
+from fwtop.ui.rowlist import ColumnSpec, EventList, RowList
 
 
 def set_text(widget: Static, text: Text | str) -> None:
@@ -182,49 +182,16 @@ class RulesTable(RowList):
         return True
 
 
-class DropsTable(RowList):
-    """The newest drops first (at most MAX_ROWS); the cursor stays on the same event while
-    newer ones push it down, and on the newest while it is on the first row."""
+class DropsTable(EventList[DropEvent]):
+    """The newest drops first; each row's rule cell comes from `rule_of` (the app's
+    attribution, "…" until known)."""
 
     COLUMNS = tuple(ColumnSpec(key, label, width) for key, label, width in DROP_COLUMNS)
     MAX_ROWS = 100
-    FOLLOW_TOP = True
     CACHE_ROWS = 400
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.events: list[DropEvent] = []
-        self.refills = 0
-        self._made: dict[int, tuple[DropEvent, Cell | None, Cells]] = {}
-
-    def cell_text(self, row: int, column: str) -> str:  # type: ignore[override]
-        return self.cell_plain(row, column)
-
-    @property
-    def selected(self) -> DropEvent | None:
-        if not self.events or not 0 <= self.cursor_row < len(self.events):
-            return None
-        return self.events[self.cursor_row]
 
     def show(self, events: Sequence[DropEvent],
              rule_of: Callable[[DropEvent], Cell] | None = None) -> None:
-        events = list(events[: self.MAX_ROWS])
-        # id() is a sound key: the strip cache checks the cells too, and the event under the
-        # cursor is still held by self.events while the new list is matched against it.
-        # A row's cells are reused while its rule cell is unchanged (unchanged = not measured
-        # or drawn again).
-        made: dict[int, tuple[DropEvent, Cell | None, Cells]] = {}
-        cells = []
-        for e in events:
-            rule = rule_of(e) if rule_of is not None else None
-            hit = self._made.get(id(e))
-            if hit is not None and hit[0] is e and hit[1] == rule:
-                row = hit[2]
-            else:
-                row = drop_cells(e, rule) if rule is not None else drop_cells(e)
-            made[id(e)] = (e, rule, row)
-            cells.append(row)
-        self._made = made
-        self.set_rows([id(e) for e in events], cells)
-        self.events = events
-        self.refills += 1
+        self.show_events(events, rule_of or (lambda _: None),
+                         lambda e, rule: drop_cells(e, rule) if rule is not None  # type: ignore[arg-type]
+                         else drop_cells(e))

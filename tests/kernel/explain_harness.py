@@ -58,6 +58,45 @@ else:
         print("timeout" if "timed out" in str(exc) else f"error {exc}")
 """
 
+# A TCP server on the given ports (accepts and closes, for up to 180 s) and one connect attempt
+# printing what the client saw: connected, refused (RST), rejected (ICMP, e.g. firewalld's
+# admin-prohibited) or timeout (a DROP). Shared by the kernel tests of allows and edits.
+SERVER = """
+import socket, sys, time
+socks = []
+for port in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(64)
+    s.setblocking(False)
+    socks.append(s)
+end = time.monotonic() + 180
+while time.monotonic() < end:
+    for s in socks:
+        try:
+            c, _ = s.accept()
+            c.close()
+        except OSError:
+            pass
+    time.sleep(0.02)
+"""
+CONNECT = """
+import socket, sys
+s = socket.socket()
+s.settimeout(1.0)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+except OSError:
+    print("rejected")
+"""
+
+
 
 @dataclass
 class Topology:

@@ -21,43 +21,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Namespaces, needs, ns_run
-from tests.kernel.explain_harness import SENDER, Topology, topology
+from tests.kernel.explain_harness import CONNECT, SENDER, SERVER, Topology, topology
 
 pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-save",
                                         "iptables-nft-restore")]
 
 PORT = 7500
 BACKENDS = ["iptables-nft", "nft", "iptables-legacy"]
-SERVER = """
-import socket, sys, time
-socks = []
-for port in sys.argv[1:]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
-    s.listen(64)
-    s.setblocking(False)
-    socks.append(s)
-end = time.monotonic() + 180
-while time.monotonic() < end:
-    for s in socks:
-        try:
-            c, _ = s.accept()
-            c.close()
-        except OSError:
-            pass
-    time.sleep(0.02)
-"""
-CONNECT = """
-import socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("connected")
-except OSError as exc:
-    print("refused" if isinstance(exc, ConnectionRefusedError) else "timeout")
-"""
 
 
 def legacy_missing() -> bool:

@@ -19,42 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Namespaces, ns_run
+from tests.kernel.explain_harness import CONNECT, SERVER
 from tests.kernel.firewalld_harness import ConfinedFirewalld, missing
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
-SERVER = """
-import socket, sys, time
-socks = []
-for port in sys.argv[1:]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
-    s.listen(16)
-    s.setblocking(False)
-    socks.append(s)
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    for s in socks:
-        try:
-            c, _ = s.accept()
-            c.close()
-        except OSError:
-            pass
-    time.sleep(0.02)
-"""
-CONNECT = """
-import socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("connected")
-except OSError as exc:
-    # firewalld's zones reject with icmpx admin-prohibited: EHOSTUNREACH at once
-    print("timeout" if isinstance(exc, TimeoutError) else "rejected")
-"""
 PORTS = (8080, 8081, 8082, 8083)
 FW_IP, CLIENT_IP = "10.88.0.1", "10.88.0.2"
 
@@ -217,7 +187,9 @@ def test_allow_goes_before_a_reject_rich_rule_and_revert_keeps_it(lab: Lab,
                       "--dport", str(port), "--ttl", "20", check=False)
         assert again.returncode != 0 and "not dropped" in again.stderr
         fwtop(env, "temp", "revert", out["id"])
-        assert lab.connect(port) == "rejected"
+        # The user's rich rule rejects with port-unreachable (the zone itself with
+        # admin-prohibited, "rejected"): the client sees connection refused again.
+        assert lab.connect(port) == "refused"
         rich = lab.fwd.cmd("--zone=public", "--list-rich-rules").stdout.splitlines()
         assert rich == [rule]
     finally:

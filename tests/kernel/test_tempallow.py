@@ -18,36 +18,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import Namespaces, needs, ns_run
-from tests.kernel.explain_harness import Topology, topology
+from tests.kernel.explain_harness import CONNECT, SERVER, Topology, topology
 
 pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-save")]
 
 PORT = 7400
-SERVER = """
-import socket, sys, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(16)
-s.settimeout(0.5)
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    try:
-        c, _ = s.accept()
-        c.close()
-    except OSError:
-        pass
-"""
-CONNECT = """
-import socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("connected")
-except OSError as exc:
-    print("refused" if isinstance(exc, ConnectionRefusedError) else "timeout")
-"""
 
 
 @pytest.fixture

@@ -154,9 +154,16 @@ async def test_lab_drops_show_live_and_agree_with_the_kernel() -> None:
             await until(lambda: app.drop_log.total >= seen, "the pane to hold every NFLOG event")
 
             # Every lab drop names its rule, and `t` has the kernel confirm it (nftrace).
-            await until(lambda: all(app.drops_table.cell_text(i, "rule") not in ("", "…")
-                                    for i in range(app.drops_table.row_count)),
-                        "every drop to name its rule")
+            def unnamed() -> list[str]:
+                table = app.drops_table
+                return [f"{i}:{table.cell_text(i, 'rule')!r}" for i in range(table.row_count)
+                        if table.cell_text(i, "rule") in ("", "…")]
+
+            try:
+                await until(lambda: not unnamed(), "every drop to name its rule")
+            except AssertionError:
+                raise AssertionError(f"rows without a rule: {unnamed()} "
+                                     f"(worker: {app._attrib.attributed} done)") from None
             await pilot.press("1")
             await pilot.press("t")
             await until(lambda: isinstance(app.screen, ExplainScreen), "the trace screen")
