@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fwtop.core.edits import (
     ChainState,
@@ -55,6 +55,8 @@ from fwtop.core.tempallow import new_id
 from fwtop.firewall.netns import NetnsError
 from fwtop.service.journal import Journal, Record
 from fwtop.service.tempallow import _in, ttl_cap
+
+T = TypeVar("T")
 
 ATTENTION = ("conflict",)  # edit states a human must look at
 OVERDUE_GRACE_S = 2.0  # the reverter goes first; a start-up finishes what it left
@@ -442,11 +444,6 @@ def apply(prev: Preview | FirewalldPreview, journal: Journal | None = None,
                     s.family, s.table, s.chain, text=prev.subject, state="pending",
                     snapshot=s.to_json(), after=prev.target.to_json(),
                     edit={**prev.edit.to_json(), "own": prev.own.to_json(), "planned": True})
-    with journal.locked() as records:  # first the record: a crash mid-write leaves a trace
-        records.append(record)
-    pid = spawn_reverter(prev.id) if spawn else None
-    timer = _start_timer(prev.id, prev.edit.confirm_within) if spawn else None
-
     def work() -> ChainState:
         from fwtop.firewall import edits as fw
 
@@ -460,26 +457,43 @@ def apply(prev: Preview | FirewalldPreview, journal: Journal | None = None,
             fw.write_restore(s.backend, s.family, restore_script(current, prev.target))
         return fw.read_chain(s.backend, s.family, s.table, s.chain)
 
+    def finish(r: Record, after: ChainState) -> None:
+        r.after = after.to_json()
+        if [normalize_text(s.backend, t) for t in after.texts] != \
+                [normalize_text(s.backend, t) for t in prev.target.texts]:
+            r.note = "the chain changed while fwtop wrote it: check it (fwtop rules)"
+
+    return _write_recorded(journal, record, prev, spawn, work, finish)
+
+
+def _write_recorded(journal: Journal, record: Record, prev: Preview | FirewalldPreview,
+                    spawn: bool, work: Callable[[], T],
+                    finish: Callable[[Record, T], None]) -> Record:
+    """The one way an edit is written: its record first (a crash mid-write leaves a trace),
+    then the detached reverter and the systemd timer, then `work()` inside the namespace; the
+    record says "active" (and `finish` adds what the write returned), or "removed" with why
+    nothing was written."""
     with journal.locked() as records:
-        r = _find(records, prev.id)
+        records.append(record)
+    pid = spawn_reverter(record.id) if spawn else None
+    timer = _start_timer(record.id, prev.edit.confirm_within) if spawn else None
+    with journal.locked() as records:
+        r = _find(records, record.id)
         r.pid, r.timer = pid, timer
         try:
-            after = _in(prev.netns, work)
+            result = _in(prev.netns, work)
         except BaseException as exc:
             r.state, r.removed_at = "removed", time.time()
             r.note = f"not written: {exc}"
             if timer:
                 from fwtop.firewall.edits import stop_timer
 
-                stop_timer(prev.id)
+                stop_timer(record.id)
             raise
-        r.state, r.after = "active", after.to_json()
+        r.state = "active"
         r.edit = {**r.edit, "planned": False}
-        if [normalize_text(s.backend, t) for t in after.texts] != \
-                [normalize_text(s.backend, t) for t in prev.target.texts]:
-            r.note = "the chain changed while fwtop wrote it: check it (fwtop rules)"
-        record = r
-    return record
+        finish(r, result)
+        return r
 
 
 # --- firewalld --------------------------------------------------------------------------------
@@ -577,11 +591,6 @@ def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
                     state="pending", flow={"zone": change.zone, "bus": prev.bus},
                     edit={**prev.edit.to_json(), "firewalld": change.to_json(),
                           "planned": True})
-    with journal.locked() as records:  # first the record: a crash mid-write leaves a trace
-        records.append(record)
-    pid = spawn_reverter(prev.id) if spawn else None
-    timer = _start_timer(prev.id, prev.edit.confirm_within) if spawn else None
-
     def work() -> int | None:
         try:
             _fw_check(change, prev.bus, not change.present_after)
@@ -592,24 +601,10 @@ def apply_firewalld(prev: FirewalldPreview, journal: Journal | None = None,
             raise EditError(str(exc)) from None
         return firewalld.daemon_pid(prev.bus)
 
-    with journal.locked() as records:
-        r = _find(records, prev.id)
-        r.pid, r.timer = pid, timer
-        try:
-            fw_pid = _in(prev.netns, work)
-        except BaseException as exc:
-            r.state, r.removed_at = "removed", time.time()
-            r.note = f"not written: {exc}"
-            if timer:
-                from fwtop.firewall.edits import stop_timer
-
-                stop_timer(prev.id)
-            raise
-        r.state = "active"
-        r.edit = {**r.edit, "planned": False}
+    def finish(r: Record, fw_pid: int | None) -> None:
         r.flow = {**r.flow, "firewalld_pid": fw_pid}
-        record = r
-    return record
+
+    return _write_recorded(journal, record, prev, spawn, work, finish)
 
 
 def _fw_record(r: Record) -> tuple[ZoneChange, str | None]:
