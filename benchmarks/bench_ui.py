@@ -717,9 +717,11 @@ class Bench:
             ui_app.MIN_RENDER_INTERVAL = args.render_interval
             ui_packets.RENDER_INTERVAL = args.render_interval
         if args.no_attribution:
-            # Diagnostic: the Drops pane's rule column left empty, so no drop is run through the
-            # Evaluator on the UI thread (what fwtop costs without that work there).
+            # Diagnostic: the Drops pane's rule column left empty and the attribution worker
+            # never asked, so no drop is run through the Evaluator (what fwtop costs without
+            # that work).
             app._rule_cell = lambda event: (("", ""),)  # type: ignore[method-assign]
+            app._want_visible = lambda: None  # type: ignore[method-assign]
         duration = args.minutes * 60
         print(f"fwtop TUI under load: {self.n_rules} rules, {args.pps:,.0f} packets/s, "
               f"{args.dps:,.0f} drops/s, {width}x{height}, {args.minutes:g} min; "
@@ -931,7 +933,7 @@ def main() -> None:
                     help="do not turn frames into terminal bytes (headless Textual's default)")
     ap.add_argument("--no-attribution", action="store_true",
                     help="diagnostic: leave the Drops pane's rule column empty (no Evaluator "
-                         "run per shown drop on the UI thread)")
+                         "run per shown drop)")
     ap.add_argument("--render-interval", type=float,
                     help="diagnostic: override the panes' minimum seconds between renders "
                          "(fwtop's own: 0.1)")
