@@ -25,6 +25,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Static
 
+from fwtop.core.capture_events import PacketEvent
 from fwtop.core.conntrack import ConntrackView
 from fwtop.core.correlate import Attribution, Correlator, attribute_by_counters, packet_of
 from fwtop.core.droplog import DropLog
@@ -195,7 +196,7 @@ class FwtopApp(App[None]):
                 tooltip="Busiest rules first / chain order"),
         Binding("f5", "refresh", "Refresh", id="refresh", tooltip="Poll now"),
         Binding("a", "allow_drop", "Allow", id="allow",
-                tooltip="Open the selected drop's flow for a while (the kernel closes it)"),
+                tooltip="Open the selected drop's (or incoming packet's) flow for a while"),
         Binding("r", "temp_rules", "Temp rules", id="temp",
                 tooltip="Active temporary rules and edits: revert, extend, confirm"),
         Binding("d", "edit_delete", "Delete rule", id="edit-delete", show=False,
@@ -657,16 +658,35 @@ class FwtopApp(App[None]):
         except NoMatches:
             pass
 
-    def _allow_request(self, e: DropEvent, ttl: int) -> AllowRequest:
-        hook = e.hook if e.hook in ("input", "forward") else None
+    @staticmethod
+    def _allow_request(e: DropEvent | PacketEvent, ttl: int) -> AllowRequest:
+        if isinstance(e, PacketEvent):  # an incoming packet: its flow, on its interface
+            hook, iif = None, e.iface
+        else:
+            hook, iif = (e.hook if e.hook in ("input", "forward") else None), e.iif
         return AllowRequest(proto=e.proto or "", src=e.src, dst=e.dst,
                             dport=e.dport if e.proto in ("tcp", "udp", "sctp") else None,
-                            iif=e.iif, ttl=ttl, hook=hook)
+                            iif=iif, ttl=ttl, hook=hook)
 
-    def action_allow_drop(self) -> None:
+    def _allow_target(self) -> DropEvent | PacketEvent | None:
+        """The selected drop, or with the Packets pane focused its selected incoming packet
+        (an unanswered SYN, say): what `a` opens."""
+        if self._filter_target == "packets":
+            p = self._q(PacketsPane).table.selected
+            if p is None or p.dir != "in" or p.src is None or p.proto is None:
+                self.notify("Select an incoming packet of the flow to allow (its addresses "
+                            "and port), or a drop in the Drops pane (1).", timeout=4)
+                return None
+            return p
         e = self.drops_table.selected
         if e is None or e.src is None or e.proto is None:
             self.notify("Select a drop first (one that carries its addresses).", timeout=3)
+            return None
+        return e
+
+    def action_allow_drop(self) -> None:
+        e = self._allow_target()
+        if e is None:
             return
         if not self._edits_enabled:
             self.notify("Allowing needs the real firewall (not available here).", timeout=3)
@@ -696,7 +716,9 @@ class FwtopApp(App[None]):
                 text += f"\nwarning: still dropped: {done.still_dropped}"
             return text + "\n\nenter/esc: close"
 
-        self.push_screen(AllowScreen(flow_text(e), preview, apply))
+        title = flow_text(e) if isinstance(e, DropEvent) else \
+            f"{e.proto} {e.src}:{e.sport} → {e.dst}:{e.dport}"
+        self.push_screen(AllowScreen(title, preview, apply))
 
     def action_temp_rules(self) -> None:
         from fwtop.service import tempallow
