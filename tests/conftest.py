@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from fwtop.core.model import Rule
+
 ROOT = os.geteuid() == 0
 
 
@@ -85,3 +87,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and exitstatus == 0:
         print(f"\nCI: {skipped} test(s) skipped; everything is installed here, so that fails")
         session.exitstatus = 1
+
+
+def input_rule(pos: int, text: str) -> Rule:
+    """An iptables-nft `filter INPUT` rule at position `pos` from its iptables arguments, as
+    the loader would model it (for tests that build a Ruleset by hand)."""
+    from fwtop.core.iptables_syntax import parse_rule_args
+    from fwtop.core.model import Counters, rule_key
+
+    matches, verdict, target, comment = parse_rule_args(text.split())
+    cid = ("iptables-nft", "ip", "filter", "INPUT")
+    return Rule("iptables-nft", "ip", "filter", "INPUT", pos, pos + 3, "-A INPUT " + text,
+                verdict, target, matches, Counters(0, 0), comment, None,
+                rule_key(cid, pos + 3, text))

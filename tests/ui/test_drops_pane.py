@@ -179,16 +179,9 @@ async def test_drops_keep_coming_while_help_is_open() -> None:
 
 def correlated_app() -> tuple[FwtopApp, list[FakeDrops]]:
     from fwtop.core.evaluator import NetContext
-    from fwtop.core.iptables_syntax import parse_rule_args
-    from fwtop.core.model import Chain, Counters, Policy, Rule, Ruleset, Table, rule_key
+    from fwtop.core.model import Chain, Counters, Policy, Ruleset, Table
     from fwtop.core.rates import CounterSnapshot, rates
-
-    def rule(pos: int, text: str) -> Rule:
-        matches, verdict, target, comment = parse_rule_args(text.split())
-        cid = ("iptables-nft", "ip", "filter", "INPUT")
-        return Rule("iptables-nft", "ip", "filter", "INPUT", pos, pos + 3, "-A INPUT " + text,
-                    verdict, target, matches, Counters(0, 0), comment, None,
-                    rule_key(cid, pos + 3, text))
+    from tests.conftest import input_rule as rule
 
     rules = (rule(1, "-p tcp --dport 22 -j ACCEPT"), rule(2, "-p tcp --dport 8080 -j DROP"),
              rule(3, "-p tcp --dport 8080 -j ACCEPT"),

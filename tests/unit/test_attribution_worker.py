@@ -9,21 +9,14 @@ import time
 from fwtop.core.correlate import Correlator
 from fwtop.core.evaluator import NetContext
 from fwtop.core.events import DropEvent
-from fwtop.core.iptables_syntax import parse_rule_args
-from fwtop.core.model import Chain, Counters, Policy, Rule, Ruleset, Table, rule_key
+from fwtop.core.model import Chain, Counters, Policy, Ruleset, Table
 from fwtop.service.attribution import AttributionWorker
+from tests.conftest import input_rule as rule
 
 NET = NetContext(local=(("10.77.1.1", "veth-c"),))
 
 
 def ruleset(drop_port: int) -> Ruleset:
-    def rule(pos: int, text: str) -> Rule:
-        matches, verdict, target, comment = parse_rule_args(text.split())
-        cid = ("iptables-nft", "ip", "filter", "INPUT")
-        return Rule("iptables-nft", "ip", "filter", "INPUT", pos, pos + 3, "-A INPUT " + text,
-                    verdict, target, matches, Counters(0, 0), comment, None,
-                    rule_key(cid, pos + 3, text))
-
     rules = (rule(1, "-p tcp --dport 22 -j ACCEPT"),
              rule(2, f"-p tcp --dport {drop_port} -j DROP"))
     policy = Policy("iptables-nft", "ip", "filter", "INPUT", "drop", Counters(0, 0))
