@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fwtop.core.evaluator import Packet
 from fwtop.firewall import FirewallError, load_ruleset, require_root
@@ -226,6 +226,18 @@ def _print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+def _before_apply(args: argparse.Namespace, plan: dict[str, Any]) -> int | None:
+    """The exit code when nothing is to be written (a dry run, or the user said no), else None."""
+    if args.dry_run:
+        if args.json:
+            _print_json({**plan, "dry_run": True})
+        return 0
+    if not (args.yes or args.json or _confirmed()):
+        print("not applied")
+        return 1
+    return None
+
+
 def _confirmed() -> bool:
     """Ask before changing the firewall; without a terminal the answer must be --yes."""
     if not sys.stdin.isatty():
@@ -331,13 +343,9 @@ def cmd_allow(args: argparse.Namespace) -> int:
             print(plan.summary())
             for line in plan.commands():
                 print(f"  {line}")
-        if args.dry_run:
-            if args.json:
-                _print_json({**plan.to_json(), "dry_run": True})
-            return 0
-        if not (args.yes or args.json or _confirmed()):
-            print("not applied")
-            return 1
+        stop = _before_apply(args, plan.to_json())
+        if stop is not None:
+            return stop
         done = tempallow.apply(prev, name)
     except AllowError as exc:
         raise CliError(str(exc)) from None
@@ -475,13 +483,9 @@ def _edit_show_apply(args: argparse.Namespace, prev: Preview | FirewalldPreview)
                 print(f"  {line}")
             print(f"it reverts by itself in {edit.confirm_within} s unless confirmed "
                   f"({prev.backup})")
-        if args.dry_run:
-            if args.json:
-                _print_json({**prev.to_json(), "dry_run": True})
-            return 0
-        if not (args.yes or args.json or _confirmed()):
-            print("not applied")
-            return 1
+        stop = _before_apply(args, prev.to_json())
+        if stop is not None:
+            return stop
         record = edits.apply(prev)
     except (EditError, JournalError) as exc:
         raise CliError(str(exc)) from None

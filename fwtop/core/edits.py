@@ -933,8 +933,8 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def drop_packet(obj: dict[str, Any]) -> Packet | None:
-    """A drop line as the evaluator's packet (as `correlate.packet_of` does for live events)."""
+def _endpoints(obj: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(src, dst, proto) of a recorded line, or None unless both addresses are valid."""
     src, dst, proto = _str(obj.get("src")), _str(obj.get("dst")), _str(obj.get("proto"))
     if src is None or dst is None or proto is None:
         return None
@@ -943,6 +943,15 @@ def drop_packet(obj: dict[str, Any]) -> Packet | None:
         ipaddress.ip_address(dst)
     except ValueError:
         return None
+    return src, dst, proto
+
+
+def drop_packet(obj: dict[str, Any]) -> Packet | None:
+    """A drop line as the evaluator's packet (as `correlate.packet_of` does for live events)."""
+    ends = _endpoints(obj)
+    if ends is None:
+        return None
+    src, dst, proto = ends
     hook = obj.get("hook") if obj.get("hook") in ("input", "forward", "output") else None
     return Packet(proto=proto, src=src, dst=dst, sport=_int(obj.get("sport")),
                   dport=_int(obj.get("dport")), icmp_type=_int(obj.get("icmp_type")),
@@ -952,14 +961,10 @@ def drop_packet(obj: dict[str, Any]) -> Packet | None:
 
 def flow_packet(obj: dict[str, Any], net: NetContext) -> Packet | None:
     """An accepted flow (a `flow` line, or a conntrack entry) as the packet that opened it."""
-    src, dst, proto = _str(obj.get("src")), _str(obj.get("dst")), _str(obj.get("proto"))
-    if src is None or dst is None or proto is None:
+    ends = _endpoints(obj)
+    if ends is None:
         return None
-    try:
-        ipaddress.ip_address(src)
-        ipaddress.ip_address(dst)
-    except ValueError:
-        return None
+    src, dst, proto = ends
     iif = None if net.is_local(src) else net.route(src)
     return Packet(proto=proto, src=src, dst=dst, sport=_int(obj.get("sport")),
                   dport=_int(obj.get("dport")), icmp_type=_int(obj.get("icmp_type")),
