@@ -270,3 +270,17 @@ def agree(result: dict[str, Any], kernel: KernelAnswer) -> None:
     else:
         assert result["policy"] is not None
         assert not deciders, (result, kernel)
+
+
+def fwtop(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real `fwtop` command line in a child process with `env` (its FWTOP_STATE_DIR)."""
+    proc = subprocess.run([sys.executable, "-m", "fwtop", *args], capture_output=True,
+                          text=True, timeout=90, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def connect(top: Topology, port: int) -> str:
+    """One TCP connect from the client to the firewall namespace: what CONNECT printed."""
+    return ns_run(top.client, sys.executable, "-c", CONNECT, top.fw_ip, str(port)).stdout.strip()

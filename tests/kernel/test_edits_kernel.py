@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Namespaces, needs, ns_run
-from tests.kernel.explain_harness import CONNECT, SENDER, SERVER, Topology, topology
+from tests.kernel.explain_harness import SENDER, SERVER, Topology, fwtop, topology
+from tests.kernel.explain_harness import connect as connect_to
 
 pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-save",
                                         "iptables-nft-restore")]
@@ -70,16 +71,10 @@ def kill_reverters(env: dict[str, str]) -> None:
                 pass
 
 
-def fwtop(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "fwtop", *args], capture_output=True,
-                          text=True, timeout=90, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def connect(top: Topology, port: int = PORT) -> str:
-    return ns_run(top.client, sys.executable, "-c", CONNECT, top.fw_ip, str(port)).stdout.strip()
+    return connect_to(top, port)
 
 
 def server(top: Topology, *ports: int) -> None:

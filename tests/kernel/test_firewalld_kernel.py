@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Namespaces, ns_run
-from tests.kernel.explain_harness import CONNECT, SERVER
+from tests.kernel.explain_harness import CONNECT, SERVER, fwtop
 from tests.kernel.firewalld_harness import ConfinedFirewalld, missing
 
 pytestmark = [pytest.mark.kernel,
@@ -88,13 +88,6 @@ def _kill_helpers(state: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def fwtop(env: dict[str, str], *args: str, check: bool = True) -> \
-        subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "fwtop", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-    return proc
 
 
 def _journal(env: dict[str, str]) -> list[dict[str, object]]:

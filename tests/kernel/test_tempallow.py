@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Namespaces, needs, ns_run
-from tests.kernel.explain_harness import CONNECT, SERVER, Topology, topology
+from tests.kernel.explain_harness import SERVER, Topology, fwtop, topology
+from tests.kernel.explain_harness import connect as connect_to
 
 pytestmark = [pytest.mark.kernel, needs("ip", "nft", "iptables-nft", "iptables-nft-save")]
 
@@ -39,16 +40,10 @@ def state(tmp_path: Path) -> Iterator[dict[str, str]]:
                 pass
 
 
-def fwtop(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "fwtop", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def connect(top: Topology, port: int = PORT) -> str:
-    return ns_run(top.client, sys.executable, "-c", CONNECT, top.fw_ip, str(port)).stdout.strip()
+    return connect_to(top, port)
 
 
 def server(top: Topology, port: int = PORT) -> None:
