@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import math
 import os
@@ -506,15 +507,15 @@ TIMED = (
     ("screen", "_refresh_layout", "Textual layout pass (Screen._refresh_layout, and its frame)"),
     ("screen", "_compositor_refresh", "Textual frame (Screen._compositor_refresh)"),
     ("compositor", "render_update", "  of which rendering widget lines (Compositor.render_update)"),
-    ("rules", "render_lines", "    of which Rules list lines (RowList via Widget.render_lines)"),
+    ("rules", "render_lines", "    of which Rules list lines (RowList.render_lines)"),
     ("drops", "render_lines", "    of which Drops list lines"),
     ("packets", "render_lines", "    of which Packets list lines"),
     ("rules", "set_rows", "Rules list: rows handed over (RowList.set_rows)"),
     ("drops", "set_rows", "Drops list: rows handed over"),
     ("packets", "set_rows", "Packets list: rows handed over"),
-    ("rules", "_draw", "Rules list: rows drawn into strips (RowList._draw)"),
-    ("drops", "_draw", "Drops list: rows drawn into strips"),
-    ("packets", "_draw", "Packets list: rows drawn into strips"),
+    ("rules", "_segments", "Rules list: rows drawn into segments (RowList._segments)"),
+    ("drops", "_segments", "Drops list: rows drawn into segments"),
+    ("packets", "_segments", "Packets list: rows drawn into segments"),
 )
 
 
@@ -748,6 +749,9 @@ class Bench:
             stop = asyncio.Event()
             lag_task = asyncio.create_task(self.lag_watch(stop))
             keys = Keyboard(app, screen, args.probe_every, timeout=30.0)
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler is not None:
+                profiler.enable()  # this (the UI) thread only
             keys.start()
             prev = self.sample(app, screen)
             end = self.start_t + duration
@@ -766,6 +770,9 @@ class Bench:
                 prev = s
             # Off the event loop: the key still in flight needs the loop to reach the screen.
             await asyncio.to_thread(keys.stop)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
             stop.set()
             await lag_task
             final = self.sample(app, screen)  # the measured span ends here
@@ -773,7 +780,7 @@ class Bench:
             # event ends up either taken or counted as shed.
             await asyncio.to_thread(self.stop_load)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (pane._pending or app._pending_drops):
+            while time.monotonic() < deadline and pane._pending:
                 await pilot.pause(0.1)
             await pilot.pause(0.5)  # queued key messages land before the app exits
             result = self.report(app, screen, keys, final, threads0)
@@ -833,6 +840,13 @@ class Bench:
                                     "p95": pct(handle, 0.95) * 1000}
         out["handler_to_frame_ms"] = {"p50": pct(waits, 0.5) * 1000,
                                       "p95": pct(waits, 0.95) * 1000}
+        out["probes"] = [  # every key: seconds from the start, then ms of each part
+            {"key": p.step.label, "at": p.sent - self.start_t,
+             "latency_ms": None if p.latency is None else p.latency * 1000,
+             "to_handler_ms": None if p.handled is None else (p.handled - p.sent) * 1000,
+             "to_frame_ms": None if p.frame is None or p.handled is None
+             else (p.frame - p.handled) * 1000}
+            for p in keys.probes]
 
         rules_r, drops_r, pkts_r = (x / span for x in final.renders)
         lags = self.lags
@@ -938,6 +952,8 @@ def main() -> None:
                     help="diagnostic: override the panes' minimum seconds between renders "
                          "(fwtop's own: 0.1)")
     ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--profile", help="diagnostic: cProfile the UI thread over the measured "
+                                      "span into this file (slows it: for shares, not times)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     result = asyncio.run(Bench(args).run())
