@@ -43,6 +43,7 @@ class AttributionWorker:
         self._generation = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._hold_until = 0.0  # monotonic time before which the worker starts nothing new
         self.attributed = 0  # evaluations done on the thread
 
     # --- any thread -----------------------------------------------------------------------
@@ -69,6 +70,11 @@ class AttributionWorker:
             self._cond.notify()
         if self._thread is None:
             self._switch()
+
+    def hold(self, seconds: float) -> None:
+        """Start no evaluation for this long: a key press is being handled and painted on the
+        UI thread, which would otherwise share the GIL with the evaluations."""
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     def get(self, event: DropEvent) -> tuple[bool, Attribution | None]:
         """(known, attribution): never waits for an evaluation. A new drop of a flow already
@@ -141,6 +147,9 @@ class AttributionWorker:
                     return
                 event = self._wanted.pop() if self._wanted else None
                 generation = self._generation
+            hold = self._hold_until - time.monotonic()
+            if hold > 0:
+                time.sleep(hold)
             self._switch()
             # No ruleset yet: nothing can be attributed; the UI asks again after use().
             if event is not None and self.correlator.evaluator is not None:

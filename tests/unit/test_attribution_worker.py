@@ -76,3 +76,24 @@ def test_attribute_now_without_the_thread() -> None:
     worker.use(ruleset(8080))
     a = worker.attribute_now(drop("10.0.0.2", 8080))
     assert a is not None and a.label == "INPUT #2"
+
+
+def test_hold_starts_no_evaluation_until_it_ends() -> None:
+    # A key press holds the worker, so the key's handler and frame do not share the GIL with
+    # evaluations; what was asked for is worked off once the hold ends.
+    worker = AttributionWorker(Correlator(), lambda: NET, lambda: None)
+    worker.start()
+    try:
+        worker.use(ruleset(8080))
+        wait_for(lambda: worker.correlator.evaluator is not None)
+        worker.hold(0.4)
+        held_at = time.monotonic()
+        a = drop("10.0.0.9", 8080)
+        worker.want([a])
+        time.sleep(0.25)
+        assert worker.get(a) == (False, None) and worker.attributed == 0
+        wait_for(lambda: worker.get(a)[0])
+        assert time.monotonic() - held_at >= 0.4
+        assert worker.get(a)[1].label == "INPUT #2"  # type: ignore[union-attr]
+    finally:
+        worker.stop()
