@@ -128,11 +128,6 @@ class ConntrackHandle(Protocol):
 ConntrackFactory = Callable[[Callable[[ConntrackView], None], Callable[[str], None]],
                             ConntrackHandle]
 
-# Drops received but not yet rendered, at most: beyond it the UI sheds (and counts) the oldest
-# undisplayed events, so memory stays bounded when the screen cannot keep up.
-MAX_PENDING_DROPS = 20_000
-
-
 class DropsReady(Message):
     """New drops are waiting in the app's pending list."""
 
@@ -269,11 +264,15 @@ class FwtopApp(App[None]):
         self._gc_threshold = gc.get_threshold()
         self.ticks = 0
         self._drops: DropsHandle | None = None
+        # Every drop is logged (totals, top talkers, the bounded ring the pane lists) on the
+        # stream's thread as it arrives, not on the UI thread: at 5,000 drops/s that is a
+        # tenth of the UI thread's time, and nothing waits for a render to be counted.
         self.drop_log = DropLog()
-        self._pending_drops: list[DropEvent] = []  # guarded by _lock
+        self._log_lock = threading.Lock()  # drop_log
+        self._drops_new = False  # guarded by _lock: logged since the last render
         self._drops_posted = False
         self.drop_stats: tuple[SourceStats, ...] = ()
-        self.drops_shed = 0  # shed by the stream (full batch) or by the UI (pending overflow)
+        self.drops_shed = 0  # shed by the stream (a full batch), counted in its overflow
         self.drop_needle = ""
         self.drop_renders = 0
         self._filter_target = "rules"
@@ -415,13 +414,12 @@ class FwtopApp(App[None]):
         self._post(ViewReady())
 
     def _on_drops(self, batch: DropBatch) -> None:
+        if batch.events:
+            with self._log_lock:
+                self.drop_log.add(batch.events)
         with self._lock:
-            pending = self._pending_drops
-            pending.extend(batch.events)
-            over = len(pending) - MAX_PENDING_DROPS
-            if over > 0:
-                del pending[:over]
-            self.drops_shed += batch.overflow + max(0, over)
+            self._drops_new = self._drops_new or bool(batch.events)
+            self.drops_shed += batch.overflow
             self.drop_stats = batch.stats
             ct = self._ct
             posted = self._drops_posted
@@ -467,6 +465,7 @@ class FwtopApp(App[None]):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
             self._last_key = time.monotonic()
+            self._attrib.hold(KEY_QUIET)  # its frame does not share the GIL with evaluations
         await super().on_event(event)
 
     def _tick(self) -> None:
@@ -507,11 +506,10 @@ class FwtopApp(App[None]):
 
     def _render_drops_now(self) -> None:
         with self._lock:
-            events, self._pending_drops = self._pending_drops, []
+            new, self._drops_new = self._drops_new, False
             self._drops_posted = False
-        self.drop_log.add(events)
         dirty, self._attrib_dirty = self._attrib_dirty, False
-        if (events or dirty) and not self.paused:
+        if (new or dirty) and not self.paused:
             self._show_drop_rows()
         self._show_drops_frame()
 
@@ -522,7 +520,9 @@ class FwtopApp(App[None]):
     def _show_drop_rows(self) -> None:
         self.drop_renders += 1
         table = self.drops_table
-        table.show(self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle), self._rule_cell)
+        with self._log_lock:
+            newest = self.drop_log.newest(DropsTable.MAX_ROWS, self.drop_needle)
+        table.show(newest, self._rule_cell)
         self._show_drop_detail()
 
     def _want_visible(self) -> None:
@@ -782,7 +782,9 @@ class FwtopApp(App[None]):
         from fwtop.service import edits
 
         netns = self._netns_name
-        traffic = edits.traffic_from_events(list(self.drop_log.recent))
+        with self._log_lock:
+            recent = list(self.drop_log.recent)
+        traffic = edits.traffic_from_events(recent)
 
         def preview(_: int) -> str:
             prev = edits.preview(edit, netns, traffic)
@@ -950,9 +952,11 @@ class FwtopApp(App[None]):
         set_border(pane, drops_title(self.drop_stats, self.paused))
         reasons = off_reasons(self.drop_stats)
         set_tooltip(pane, "\n".join(reasons) if reasons else None)
-        set_text(self._q("#drop-summary", Static), to_text(summary_segments(
-            self.drop_log, len(self.drops_table.events), self.drop_needle, self.drops_shed)
-            + off_segments(self.drop_stats)))
+        with self._log_lock:
+            summary = summary_segments(self.drop_log, len(self.drops_table.events),
+                                       self.drop_needle, self.drops_shed)
+        set_text(self._q("#drop-summary", Static),
+                 to_text(summary + off_segments(self.drop_stats)))
 
     def on_view_ready(self, _: ViewReady) -> None:
         self._request("rules")

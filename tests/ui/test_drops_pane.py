@@ -9,7 +9,7 @@ from collections.abc import Callable
 from fwtop.core.events import DropEvent, SourceStats
 from fwtop.service.drops import DropBatch
 from fwtop.service.rules import RulesView
-from fwtop.ui.app import MAX_PENDING_DROPS, FwtopApp, build_app
+from fwtop.ui.app import FwtopApp, build_app
 from fwtop.ui.widgets import FilterInput
 
 HOSTILE = "\x1b[31m[bold red]x[/]"
@@ -138,15 +138,13 @@ async def test_a_flood_is_coalesced_bounded_and_counted() -> None:
             sent += 500
         await settle(pilot, lambda: app.drop_log.total + app.drops_shed - 7 == sent)
         await pilot.pause(0.3)
-        # 30,000 events arrived faster than the screen renders: a handful of renders, the
-        # pending list never beyond its cap, and every event either logged or counted as shed.
+        # 30,000 events arrived faster than the screen renders: a handful of renders, every
+        # event logged as it came (the stream's own overflow counted as shed), the ring bounded.
         assert app.drop_renders <= 10
         assert app.drops_table.row_count == app.drops_table.MAX_ROWS
-        assert app.drops_shed >= 7
-        assert app.drop_log.total + app.drops_shed == sent + 7
-        assert app.drop_log.total <= sent
+        assert app.drops_shed == 7
+        assert app.drop_log.total == sent
         assert len(app.drop_log.recent) <= app.drop_log.recent.maxlen  # type: ignore[operator]
-        assert MAX_PENDING_DROPS >= 500
 
 
 async def test_cursor_stays_on_the_selected_drop() -> None:
