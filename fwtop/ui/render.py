@@ -234,6 +234,9 @@ class RowsBuilder:
     dictionary look-ups for idle rules instead of formatting."""
 
     def __init__(self) -> None:
+        # One cache per layout (chain order, busiest first), so `s` back and forth formats
+        # only the rules that changed since that layout was last shown.
+        self._caches: dict[bool, dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]]] = {}
         self._cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]] = {}
 
     def _rule_row(self, rule: Rule, chain: Chain, view: RulesView, flat: bool,
@@ -260,9 +263,13 @@ class RowsBuilder:
         order), each rule prefixed with its chain. `needle` keeps rules whose text, comment,
         chain, table or target contains it (case-insensitive), and the chains holding them."""
         needle = needle.strip().lower()
+        self._cache = self._caches.get(by_activity, {})
         rows: list[RowSpec] = []
         seen: set[str] = set()
-        cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]] = {}
+        # Filtered, the hidden rules keep their rows (clearing the filter reuses them);
+        # unfiltered, only what this tick used is kept, so reloads do not pile up.
+        cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]] = \
+            dict(self._cache) if needle else {}
 
         def add(row: RowSpec) -> None:
             # rule_key() makes keys unique in a sane ruleset; a duplicate must not crash the UI
@@ -285,7 +292,7 @@ class RowsBuilder:
                     add(chain_row(chain, view, by_activity))
                 for rule in kept:
                     add(self._rule_row(rule, chain, view, by_activity, cache))
-        self._cache = cache  # only what this tick used: reloads and filters do not pile up
+        self._caches[by_activity] = cache
         if by_activity:
             order = {row.key: i for i, row in enumerate(rows)}
             rows.sort(key=lambda row: (-row.pps, order[row.key]))

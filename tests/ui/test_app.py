@@ -26,7 +26,7 @@ from fwtop.core.model import (
 from fwtop.core.rates import CounterSnapshot, rates
 from fwtop.service.rules import RulesView
 from fwtop.ui.app import FwtopApp, build_app
-from fwtop.ui.render import human_bytes, human_count, rows_for, safe
+from fwtop.ui.render import RowsBuilder, human_bytes, human_count, rows_for, safe
 from fwtop.ui.screens import HelpScreen
 from fwtop.ui.widgets import FilterInput, FwtopHeader, RulesTable, StatusLine
 
@@ -194,6 +194,28 @@ def test_rows_grouped_by_chain_then_by_activity() -> None:
     busy = [r.key for r in rows_for(view, by_activity=True)]
     assert busy[:3] == [WEB_DROP.key, "chain|iptables-nft|ip|filter|INPUT", DNS.key]
     assert "chain|nft|inet|filter|helper" not in busy  # no policy: no row in the flat list
+
+
+def test_rows_are_reused_across_sort_and_filter() -> None:
+    # `s` and back, or a filter typed and cleared, formats only the rules whose counters moved
+    # meanwhile: the others come back as the very same rows (cells and drawn lines kept).
+    v = Views()
+    v.next({})
+    view = v.next({DNS.key: 5, WEB_DROP.key: 50})
+    builder = RowsBuilder()
+    chain_order = {r.key: r for r in builder.rows(view)}
+    busy = {r.key: r for r in builder.rows(view, by_activity=True)}
+    assert busy[SSH.key] is not chain_order[SSH.key]  # the flat layout has its own cells
+    later = v.next({DNS.key: 9, WEB_DROP.key: 50})
+    again = {r.key: r for r in builder.rows(later)}
+    assert again[SSH.key] is chain_order[SSH.key]
+    assert again[DNS.key] is not chain_order[DNS.key]  # its counters moved
+    assert {r.key: r for r in builder.rows(later, by_activity=True)}[SSH.key] is busy[SSH.key]
+    filtered = builder.rows(later, needle="dport 53")
+    assert SSH.key not in {r.key for r in filtered}
+    cleared = {r.key: r for r in builder.rows(later)}
+    assert cleared[SSH.key] is chain_order[SSH.key]
+    assert [r.key for r in builder.rows(later)] == [r.key for r in rows_for(later)]
 
 
 # --- the app --------------------------------------------------------------------------------------
