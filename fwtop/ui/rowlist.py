@@ -55,8 +55,9 @@ def cell_width(cell: Cell) -> int:
     return sum(cell_len(text) for text, _ in cell)
 
 
-def _cell_segments(cell: Cell, width: int, right: bool) -> list[RichSegment]:
-    """One cell cut or padded to exactly `width` cells ("…" marks a cut)."""
+def _cell_segments(cell: Cell, width: int, right: bool, base: Style) -> list[RichSegment]:
+    """One cell cut or padded to exactly `width` cells ("…" marks a cut), styled over
+    `base`."""
     total = cell_width(cell)
     if total > width:
         out: list[RichSegment] = []
@@ -70,14 +71,14 @@ def _cell_segments(cell: Cell, width: int, right: bool) -> list[RichSegment]:
             if n > room:
                 text = set_cell_size(text, room)
                 n = room
-            out.append(RichSegment(text, _style(style)))
+            out.append(RichSegment(text, base + _style(style)))
             room -= n
         if width > 0:
-            out.append(RichSegment("…", _style(last)))
+            out.append(RichSegment("…", base + _style(last)))
         return out
-    segs = [RichSegment(text, _style(style)) for text, style in cell if text]
+    segs = [RichSegment(text, base + _style(style)) for text, style in cell if text]
     if total < width:
-        pad = RichSegment(" " * (width - total))
+        pad = RichSegment(" " * (width - total), base)
         return [pad, *segs] if right else [*segs, pad]
     return segs
 
@@ -143,13 +144,14 @@ class RowList(ScrollView, can_focus=True):
         self._keys: list[Hashable] = []
         self._cells: list[Cells] = []
         self._index: dict[Hashable, int] = {}
+        self._measured: dict[Hashable, Cells] = {}  # row key -> the cells last measured
         self._widths = [c.width if c.width is not None else cell_len(c.label)
                         for c in self.COLUMNS]
-        # row key -> (cells, full-width strip, finished line, the frame it was finished for)
-        self._strips: LRUCache[Hashable, tuple[Cells, Strip, Strip, tuple[int, int, Style]]] = \
+        # row key -> (cells, finished line, the frame it was made for)
+        self._strips: LRUCache[Hashable, tuple[Cells, Strip, tuple[int, int, Style]]] = \
             LRUCache(self.CACHE_ROWS)
         self._frame: tuple[int, int, Style] | None = None
-        self._header: Strip | None = None
+        self._header: tuple[Strip, tuple[int, int, Style]] | None = None
         self.cursor_row = 0
         self.rebuilds = 0  # times a column grew and every cached row had to be drawn again
         self.rows_drawn = 0  # rows rendered into a strip (a cached row costs nothing)
@@ -188,17 +190,21 @@ class RowList(ScrollView, can_focus=True):
         only when they are on screen."""
         old = self.cursor_key
         keep = old is not None and (not self.FOLLOW_TOP or self.cursor_row > 0)
-        before, before_cells, before_keys = self._index, self._cells, self._keys
+        before_cells, before_keys = self._cells, self._keys
         rebuilds, cursor_before = self.rebuilds, self.cursor_row
         self._keys = list(keys)
         self._cells = list(cells)
         self._index = {k: i for i, k in enumerate(self._keys)}
-        # Measure only rows that are new or changed (a tick of a big ruleset changes few).
+        # Measure only rows not measured before (a tick of a big ruleset changes few, and the
+        # Rules pane's other order, or its rows hidden by a filter, come back unchanged).
+        measured = self._measured
         fresh = []
         for k, c in zip(self._keys, self._cells, strict=True):
-            i = before.get(k)
-            if i is None or before_cells[i] is not c:
+            if measured.get(k) is not c:
                 fresh.append(c)
+                measured[k] = c
+        if len(measured) > 4 * len(self._keys) + 1024:  # rows long gone: forget them
+            self._measured = dict(zip(self._keys, self._cells, strict=True))
         self._grow(fresh)
         row = self.cursor_row
         if keep and old in self._index:
@@ -303,26 +309,34 @@ class RowList(ScrollView, can_focus=True):
         self._strips.clear()
         self._header = None
 
-    def _draw(self, cells: Sequence[Cell | str]) -> Strip:
+    def _segments(self, cells: Sequence[Cell | str], base: Style) -> list[RichSegment]:
+        """A whole row (`total_width` cells), every segment styled over `base`."""
         segments: list[RichSegment] = []
-        pad = RichSegment(" " * PAD)
+        pad = RichSegment(" " * PAD, base)
         for column, width, cell in zip(self.COLUMNS, self._widths, cells, strict=True):
             if isinstance(cell, str):
                 cell = ((cell, ""),)
             segments.append(pad)
-            segments.extend(_cell_segments(cell, width, column.right))
+            segments.extend(_cell_segments(cell, width, column.right, base))
             segments.append(pad)
-        return Strip(segments, self.total_width)
+        return segments
 
-    def _finish(self, strip: Strip, frame: tuple[int, int, Style]) -> Strip:
-        """A full-width row as the widget shows it: scrolled sideways (the fixed columns
-        stay), on the widget's background, exactly as wide as the widget."""
+    def _line(self, segments: list[RichSegment], frame: tuple[int, int, Style]) -> Strip:
+        """A row's segments as the widget shows them: scrolled sideways (the fixed columns
+        stay) and exactly as wide as the widget. Unscrolled, one Strip is made, not three."""
         width, scroll_x, base = frame
+        total = self.total_width
         if scroll_x:
+            strip = Strip(segments, total)
             fixed = sum(w + 2 * PAD for w in self._widths[: self.FIXED_COLUMNS])
             strip = Strip.join([strip.crop(0, fixed),
                                 strip.crop(fixed + scroll_x, scroll_x + width)])
-        return strip.apply_style(base).adjust_cell_length(width, base)
+            return strip.adjust_cell_length(width, base)
+        if total < width:
+            segments.append(RichSegment(" " * (width - total), base))
+            return Strip(segments, width)
+        strip = Strip(segments, total)
+        return strip if total == width else strip.crop(0, width)
 
     def _row_line(self, row: int, frame: tuple[int, int, Style]) -> Strip:
         """The finished line of a row, cached with the cells and the frame it was made for:
@@ -330,29 +344,39 @@ class RowList(ScrollView, can_focus=True):
         key = self._keys[row]
         cells = self._cells[row]
         cached = self._strips.get(key)
-        if cached is not None and (cached[0] is cells or cached[0] == cells):
-            strip, line, made_for = cached[1], cached[2], cached[3]
-            if made_for == frame:
-                return line
-        else:
-            strip = self._draw(cells)
-            self.rows_drawn += 1
-        line = self._finish(strip, frame)
-        self._strips[key] = (cells, strip, line, frame)
+        if (cached is not None and cached[2] == frame
+                and (cached[0] is cells or cached[0] == cells)):
+            return cached[1]
+        if cached is None or not (cached[0] is cells or cached[0] == cells):
+            self.rows_drawn += 1  # new cells (a new frame alone only restyles the same row)
+        line = self._line(self._segments(cells, frame[2]), frame)
+        self._strips[key] = (cells, line, frame)
         return line
 
-    def _header_strip(self) -> Strip:
-        if self._header is None:
+    def _header_line(self, frame: tuple[int, int, Style]) -> Strip:
+        if self._header is None or self._header[1] != frame:
             labels = [c.label for c in self.COLUMNS]
-            style = self.get_component_rich_style("rowlist--header")
-            self._header = self._draw(labels).apply_style(style)
-        return self._header
+            style = frame[2] + self.get_component_rich_style("rowlist--header")
+            self._header = (self._line(self._segments(labels, style), frame), frame)
+        return self._header[0]
 
     def render_lines(self, crop: Region) -> list[Strip]:
-        # What every line of this frame shares, computed once (rich_style walks the DOM).
-        self._frame = (self.scrollable_content_region.width, round(self.scroll_x),
-                       self.rich_style)
-        return super().render_lines(crop)
+        """The rows in `crop`, straight from the row cache. Not through Textual's styles cache
+        (Widget.render_lines): it would wrap every line in a new Strip again to apply
+        borders, padding and opacity this widget does not have; only the app's line filters
+        (NO_COLOR, dimming) are applied, as it would."""
+        frame = (self.scrollable_content_region.width, round(self.scroll_x), self.rich_style)
+        self._frame = frame
+        strips = [self.render_line(y) for y in crop.line_range]
+        filters = self.get_line_filters()
+        if filters:
+            background = self.background_colors[1]
+            for line_filter in filters:
+                strips = [strip.apply_filter(line_filter, background) for strip in strips]
+        x1, x2 = crop.column_span
+        if (x1, x2) != (0, frame[0]):
+            strips = [strip.crop(x1, x2) for strip in strips]
+        return strips
 
     def render_line(self, y: int) -> Strip:
         frame = self._frame
@@ -361,17 +385,15 @@ class RowList(ScrollView, can_focus=True):
                      self.rich_style)
         width, _, base = frame
         if y == 0:
-            return self._finish(self._header_strip(), frame)
+            return self._header_line(frame)
         row = round(self.scroll_y) + y - 1
         if row >= len(self._keys):
             return Strip.blank(width, base)
+        line = self._row_line(row, frame)
         if row != self.cursor_row:
-            return self._row_line(row, frame)
-        self._row_line(row, frame)
-        strip = self._strips[self._keys[row]][1]
+            return line
         cursor = self.get_component_rich_style("rowlist--cursor")
-        strip = Strip(RichSegment.apply_style(strip, post_style=cursor), strip.cell_length)
-        return self._finish(strip, frame)
+        return Strip(RichSegment.apply_style(line, post_style=cursor), line.cell_length)
 
     def cell_plain(self, row: int, column: str) -> str:
         return "".join(text for text, _ in self._cells[row][self.column_index(column)])
