@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from rich.text import Text
 from textual.binding import Binding
+from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -91,12 +92,22 @@ class FwtopHeader(Static):
 
 class FwtopFooter(Footer):
     """Textual's Footer recomposes itself (a layout pass of the whole screen, longer than a
-    frame) whenever the focus moves, even when the keys it shows stay the same, as when the
-    filter box opens and closes. This one recomposes only when they change."""
+    frame) whenever the focus moves, even when the keys it shows stay the same. This one
+    recomposes only when they change, and not while a filter box has the focus: the letters
+    typed then go into the box, so the keys stay where they are, dimmed, and come back as
+    they were when the box closes."""
+
+    DEFAULT_CSS = """
+    FwtopFooter.-typing FooterKey { text-opacity: 45%; }
+    """
 
     _shown: tuple[tuple[str, str, bool], ...] | None = None
 
     def bindings_changed(self, screen: Screen[object]) -> None:
+        typing = isinstance(screen.focused, Input)
+        self.set_class(typing, "-typing")
+        if typing and self._bindings_ready:
+            return
         shown = tuple((binding.key, binding.description, enabled)
                       for _, binding, enabled, _ in screen.active_bindings.values()
                       if binding.show)
@@ -116,6 +127,16 @@ class StatusLine(Static):
 
 class FilterInput(Input):
     """The `/` filter: narrows rules as you type; Enter keeps it, Esc clears it."""
+
+    def _watch_value(self, value: str) -> None:
+        # Input's own watcher sets `virtual_size` through its reactive, which lays the whole
+        # screen out again on every key typed (longer than a frame under load); the box's own
+        # size never depends on its text, so only its scrolling is updated.
+        size = Size(self.content_width, 1)
+        if size != self.virtual_size:
+            self.set_reactive(Widget.virtual_size, size)
+            self._scroll_update(size)
+        super()._watch_value(value)
 
     class Closed(Message):
         def __init__(self, cleared: bool, box_id: str | None = None) -> None:
