@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
+from textual.widgets._footer import FooterKey
 
 from fwtop.core.model import (
     BackendStatus,
@@ -28,7 +29,7 @@ from fwtop.service.rules import RulesView
 from fwtop.ui.app import FwtopApp, build_app
 from fwtop.ui.render import RowsBuilder, human_bytes, human_count, rows_for, safe
 from fwtop.ui.screens import HelpScreen
-from fwtop.ui.widgets import FilterInput, FwtopHeader, RulesTable, StatusLine
+from fwtop.ui.widgets import FilterInput, FwtopFooter, FwtopHeader, RulesTable, StatusLine
 
 HOSTILE = "\x1b[31m[bold red]x[/]"
 
@@ -343,9 +344,15 @@ async def test_filter_narrows_rows_and_escape_clears() -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.table
         await settle(pilot, lambda: table.row_count == 10)
+        footer = app.query_one(FwtopFooter)
+        await settle(pilot, lambda: len(footer.query(FooterKey)) > 0)
+        keys = [k.key for k in footer.query(FooterKey)]
+        assert "s" in keys and not footer.has_class("-typing")
         await pilot.press("slash")
         box = app.query_one("#filter", FilterInput)
         assert box.has_focus and box.display
+        # typed letters go into the box: the footer keeps its keys, dimmed (no recompose)
+        assert footer.has_class("-typing") and [k.key for k in footer.query(FooterKey)] == keys
         await pilot.press(*"sport 8080")
         await pilot.press("backspace", "backspace", "backspace", "backspace", "backspace",
                           "backspace", "backspace", "backspace", "backspace", "backspace",
@@ -368,6 +375,7 @@ async def test_filter_narrows_rows_and_escape_clears() -> None:
         await pilot.pause()
         assert app.needle == "" and table.row_count == 10 and not box.display
         assert table.has_focus
+        assert not footer.has_class("-typing") and [k.key for k in footer.query(FooterKey)] == keys
 
 
 async def test_help_opens_and_closes() -> None:
