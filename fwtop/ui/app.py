@@ -69,7 +69,7 @@ from fwtop.ui.render_drops import (
     summary_segments,
 )
 from fwtop.ui.rowlist import RowList
-from fwtop.ui.screens import ExplainScreen, HelpScreen
+from fwtop.ui.screens import ExplainScreen, HelpScreen, MainScreen
 from fwtop.ui.tempallow import AllowScreen, TempScreen, countdown
 from fwtop.ui.widgets import (
     DropsTable,
@@ -313,6 +313,9 @@ class FwtopApp(App[None]):
                                   compact=True)
         yield StatusLine(id="status", markup=False)
         yield FwtopFooter()
+
+    def get_default_screen(self) -> Screen[None]:
+        return MainScreen(id="_default")
 
     def _q(self, selector: str | type[QueryType], expect_type: type[QueryType] | None = None,
            ) -> QueryType:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
+from textual.reactive import Reactive
+from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
 HELP = """\
@@ -91,6 +93,16 @@ plain words; Enter keeps it, Esc clears it |
 Press Esc, `q` or `?` to close this help.
 """
 
+
+
+class MainScreen(Screen[None]):
+    """fwtop's main screen. Textual's Screen repaints the whole screen whenever the focus
+    moves (its `focused` reactive repaints), which under load costs more than a frame of
+    three busy panes: opening or closing a filter box, or switching panes, waited for it.
+    Here a focus change repaints only what it restyles (the panes' `:focus-within` borders,
+    the cursor rows), which Textual refreshes by itself when it updates their styles."""
+
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [
