@@ -197,6 +197,9 @@ def chain_row(chain: Chain, view: RulesView, flat: bool) -> RowSpec:
     return RowSpec(chain_row_key(chain), "chain", tuple(cells), rate.pps)
 
 
+RULE_TEXT = next(i for i, c in enumerate(COLUMNS) if c.key == "rule")  # the rule's text cell
+
+
 def rule_row(rule: Rule, chain: Chain, view: RulesView, flat: bool) -> RowSpec:
     counters = view.counters.get(rule.key, rule.counters)
     rate = view.rates.get(rule.key, ZERO_RATE)
@@ -215,6 +218,33 @@ def rule_row(rule: Rule, chain: Chain, view: RulesView, flat: bool) -> RowSpec:
     cells.append(tuple(text))
     cells.append(((clip(safe(rule.comment), COMMENT_MAX), "italic" if not hot else hot_style),))
     return RowSpec(rule.key, "rule", tuple(cells), rate.pps)
+
+
+def _fresh(hit: tuple[Rule, Counters | None, Rate, bool, RowSpec], rule: Rule,
+           counters: Counters | None, rate: Rate) -> bool:
+    """A cached row still shows this rule with these counters and this rate."""
+    old_rule, old_counters, old_rate, _, _ = hit
+    return (old_counters == counters and (old_rate is rate or old_rate == rate)
+            and (old_rule is rule or _static(old_rule) == _static(rule)))
+
+
+def _keep_equal_cells(row: RowSpec, before: RowSpec) -> RowSpec:
+    """The new row with every cell that did not change taken from the row before: a cell is
+    measured once per object (RowList), and a rule's text and comment rarely change."""
+    if len(row.cells) != len(before.cells):
+        return row
+    cells = tuple(old if old == new else new
+                  for new, old in zip(row.cells, before.cells, strict=True))
+    return RowSpec(row.key, row.kind, cells, row.pps)
+
+
+def _reorder_row(row: RowSpec, chain: Chain, flat: bool) -> RowSpec:
+    """rule_row()'s row for the other order: the same cells, with or without the chain's name
+    before the rule's text."""
+    cells = list(row.cells)
+    text = cells[RULE_TEXT]
+    cells[RULE_TEXT] = (((_chain_short(chain) + " › ", DIM), *text) if flat else text[1:])
+    return RowSpec(row.key, row.kind, tuple(cells), row.pps)
 
 
 def _rule_matches(rule: Rule, needle: str) -> bool:
@@ -244,14 +274,18 @@ class RowsBuilder:
         counters = view.counters.get(rule.key, rule.counters)
         rate = view.rates.get(rule.key, ZERO_RATE)
         hit = self._cache.get(rule.key)
-        if hit is not None:
-            old_rule, old_counters, old_rate, old_flat, row = hit
-            if (old_flat == flat and old_counters == counters
-                    and (old_rate is rate or old_rate == rate)
-                    and (old_rule is rule or _static(old_rule) == _static(rule))):
-                cache[rule.key] = hit
-                return row
-        row = rule_row(rule, chain, view, flat)
+        if hit is not None and hit[3] == flat and _fresh(hit, rule, counters, rate):
+            cache[rule.key] = hit
+            return hit[4]
+        other = self._caches.get(not flat, {}).get(rule.key)
+        if other is not None and _fresh(other, rule, counters, rate):
+            # The other order's row is current (the key `s` was just pressed): the two differ
+            # only in the chain named before the rule's text.
+            row = _reorder_row(other[4], chain, flat)
+        else:
+            row = rule_row(rule, chain, view, flat)
+        if hit is not None and hit[3] == flat:
+            row = _keep_equal_cells(row, hit[4])
         cache[rule.key] = (rule, counters, rate, flat, row)
         return row
 

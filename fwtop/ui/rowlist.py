@@ -144,14 +144,16 @@ class RowList(ScrollView, can_focus=True):
         self._keys: list[Hashable] = []
         self._cells: list[Cells] = []
         self._index: dict[Hashable, int] = {}
-        self._measured: dict[Hashable, Cells] = {}  # row key -> the cells last measured
+        self._measured: dict[int, tuple[Cell, int]] = {}  # id(cell) -> (cell, its width)
+        self._most_rows = 0
+        self._seen: dict[Hashable, Cells] = {}  # row key -> the cells last handed over
         self._widths = [c.width if c.width is not None else cell_len(c.label)
                         for c in self.COLUMNS]
         # row key -> (cells, finished line, the frame it was made for)
         self._strips: LRUCache[Hashable, tuple[Cells, Strip, tuple[int, int, Style]]] = \
             LRUCache(self.CACHE_ROWS)
         self._frame: tuple[int, int, Style] | None = None
-        self._header: tuple[Strip, tuple[int, int, Style]] | None = None
+        self._header: tuple[Strip, tuple[tuple[int, int, Style], Style]] | None = None
         self.cursor_row = 0
         self.rebuilds = 0  # times a column grew and every cached row had to be drawn again
         self.rows_drawn = 0  # rows rendered into a strip (a cached row costs nothing)
@@ -195,16 +197,15 @@ class RowList(ScrollView, can_focus=True):
         self._keys = list(keys)
         self._cells = list(cells)
         self._index = {k: i for i, k in enumerate(self._keys)}
-        # Measure only rows not measured before (a tick of a big ruleset changes few, and the
-        # Rules pane's other order, or its rows hidden by a filter, come back unchanged).
-        measured = self._measured
+        # Only rows not handed over before are looked at (a tick of a big ruleset changes few).
+        seen = self._seen
         fresh = []
         for k, c in zip(self._keys, self._cells, strict=True):
-            if measured.get(k) is not c:
+            if seen.get(k) is not c:
                 fresh.append(c)
-                measured[k] = c
-        if len(measured) > 4 * len(self._keys) + 1024:  # rows long gone: forget them
-            self._measured = dict(zip(self._keys, self._cells, strict=True))
+                seen[k] = c
+        if len(seen) > 4 * len(self._keys) + 1024:  # rows long gone: forget them
+            self._seen = dict(zip(self._keys, self._cells, strict=True))
         self._grow(fresh)
         row = self.cursor_row
         if keep and old in self._index:
@@ -227,17 +228,31 @@ class RowList(ScrollView, can_focus=True):
                 self.refresh_line(row + 1)  # line 0 of the content is the header
 
     def _grow(self, rows: Sequence[Cells]) -> None:
+        """Widen the auto-width columns to their widest cell. A cell is measured once per
+        object (a tick of a big ruleset makes few new ones, and a row that comes back, in
+        the other order or when a filter is cleared, brings its old cells)."""
         auto = [i for i, c in enumerate(self.COLUMNS) if c.width is None]
         if not auto:
             return
         widths = self._widths
+        measured = self._measured
         grew = False
         for cells in rows:
             for i in auto:
-                w = cell_width(cells[i])
+                cell = cells[i]
+                hit = measured.get(id(cell))
+                if hit is not None and hit[0] is cell:  # held, so its id is still its own
+                    continue
+                w = cell_width(cell)
+                measured[id(cell)] = (cell, w)
                 if w > widths[i]:
                     widths[i] = w
                     grew = True
+        # Cells long gone are forgotten, past a bound set by the most rows shown (a filter
+        # showing few must not forget the rest: they come back when it is cleared).
+        self._most_rows = max(self._most_rows, len(self._cells))
+        if len(measured) > 8 * len(auto) * self._most_rows + 4096:
+            self._measured = {id(c[i]): measured[id(c[i])] for c in self._cells for i in auto}
         if grew:
             if len(self._strips):
                 self.rebuilds += 1
@@ -304,11 +319,6 @@ class RowList(ScrollView, can_focus=True):
 
     # --- drawing ------------------------------------------------------------------------------
 
-    def notify_style_update(self) -> None:
-        super().notify_style_update()
-        self._strips.clear()
-        self._header = None
-
     def _segments(self, cells: Sequence[Cell | str], base: Style) -> list[RichSegment]:
         """A whole row (`total_width` cells), every segment styled over `base`."""
         segments: list[RichSegment] = []
@@ -340,7 +350,9 @@ class RowList(ScrollView, can_focus=True):
 
     def _row_line(self, row: int, frame: tuple[int, int, Style]) -> Strip:
         """The finished line of a row, cached with the cells and the frame it was made for:
-        a row that did not change costs a dictionary look-up per frame."""
+        a row that did not change costs a dictionary look-up per frame. The frame holds the
+        widget's base style, so a new theme draws every row again; a focus change (it only
+        restyles the cursor row, on the way out) draws none."""
         key = self._keys[row]
         cells = self._cells[row]
         cached = self._strips.get(key)
@@ -354,10 +366,10 @@ class RowList(ScrollView, can_focus=True):
         return line
 
     def _header_line(self, frame: tuple[int, int, Style]) -> Strip:
-        if self._header is None or self._header[1] != frame:
+        style = frame[2] + self.get_component_rich_style("rowlist--header")
+        if self._header is None or self._header[1] != (frame, style):
             labels = [c.label for c in self.COLUMNS]
-            style = frame[2] + self.get_component_rich_style("rowlist--header")
-            self._header = (self._line(self._segments(labels, style), frame), frame)
+            self._header = (self._line(self._segments(labels, style), frame), (frame, style))
         return self._header[0]
 
     def render_lines(self, crop: Region) -> list[Strip]:

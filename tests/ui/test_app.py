@@ -10,7 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from rich.text import Text
 from textual.widgets._footer import FooterKey
 
@@ -26,8 +28,9 @@ from fwtop.core.model import (
 )
 from fwtop.core.rates import CounterSnapshot, rates
 from fwtop.service.rules import RulesView
+from fwtop.ui import render
 from fwtop.ui.app import FwtopApp, build_app
-from fwtop.ui.render import RowsBuilder, human_bytes, human_count, rows_for, safe
+from fwtop.ui.render import RowsBuilder, RowSpec, human_bytes, human_count, rows_for, rule_row, safe
 from fwtop.ui.screens import HelpScreen
 from fwtop.ui.widgets import FilterInput, FwtopFooter, FwtopHeader, RulesTable, StatusLine
 
@@ -197,7 +200,7 @@ def test_rows_grouped_by_chain_then_by_activity() -> None:
     assert "chain|nft|inet|filter|helper" not in busy  # no policy: no row in the flat list
 
 
-def test_rows_are_reused_across_sort_and_filter() -> None:
+def test_rows_are_reused_across_sort_and_filter(monkeypatch: pytest.MonkeyPatch) -> None:
     # `s` and back, or a filter typed and cleared, formats only the rules whose counters moved
     # meanwhile: the others come back as the very same rows (cells and drawn lines kept).
     v = Views()
@@ -217,6 +220,23 @@ def test_rows_are_reused_across_sort_and_filter() -> None:
     cleared = {r.key: r for r in builder.rows(later)}
     assert cleared[SSH.key] is chain_order[SSH.key]
     assert [r.key for r in builder.rows(later)] == [r.key for r in rows_for(later)]
+    # Right after `s`, a rule whose counters moved is not formatted again: its row is derived
+    # from the other order's current row, and is exactly what formatting it afresh gives.
+    for flat in (True, False):
+        view = v.next({DNS.key: 20 + flat, WEB_DROP.key: 70 + flat})
+        builder.rows(view, by_activity=not flat)
+        formatted: list[object] = []
+
+        def counted(*a: Any, formatted: list[object] = formatted) -> RowSpec:
+            formatted.append(a)
+            return rule_row(*a)
+
+        monkeypatch.setattr(render, "rule_row", counted)
+        rows = builder.rows(view, by_activity=flat)
+        monkeypatch.undo()
+        assert formatted == []
+        assert [(r.key, r.cells) for r in rows] == \
+            [(r.key, r.cells) for r in rows_for(view, by_activity=flat)]
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -350,7 +370,7 @@ async def test_filter_narrows_rows_and_escape_clears() -> None:
         assert "s" in keys and not footer.has_class("-typing")
         await pilot.press("slash")
         box = app.query_one("#filter", FilterInput)
-        assert box.has_focus and box.display
+        assert box.has_focus and box.visible
         # typed letters go into the box: the footer keeps its keys, dimmed (no recompose)
         assert footer.has_class("-typing") and [k.key for k in footer.query(FooterKey)] == keys
         await pilot.press(*"sport 8080")
@@ -373,7 +393,7 @@ async def test_filter_narrows_rows_and_escape_clears() -> None:
         assert [k for k in table.row_keys if not k.startswith("chain|")] == [LEG.key]
         await pilot.press("escape")
         await pilot.pause()
-        assert app.needle == "" and table.row_count == 10 and not box.display
+        assert app.needle == "" and table.row_count == 10 and not box.visible
         assert table.has_focus
         assert not footer.has_class("-typing") and [k.key for k in footer.query(FooterKey)] == keys
 

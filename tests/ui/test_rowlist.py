@@ -52,3 +52,27 @@ async def test_lines_fill_the_widget_crop_and_take_the_app_filters() -> None:
                 color = seg.style.color if seg.style else None
                 assert color is None or color.triplet is None or \
                     len({*color.triplet}) == 1, seg  # grey: r == g == b
+
+
+async def test_a_new_theme_redraws_the_cached_rows_and_focus_does_not() -> None:
+    app = One()
+    async with app.run_test(size=(40, 12)) as pilot:
+        app.theme = "textual-dark"
+        table = app.query_one(Numbers)
+        table.set_rows(*rows(30))
+        await pilot.pause()
+        width = table.scrollable_content_region.width
+        dark = table.render_lines(Region(0, 2, width, 1))[0]
+        drawn = table.rows_drawn
+        table.blur()
+        await pilot.pause()
+        table.focus()
+        await pilot.pause()
+        assert table.render_lines(Region(0, 2, width, 1))[0] is dark  # from the cache
+        assert table.rows_drawn == drawn
+        app.theme = "textual-light"
+        await pilot.pause()
+        light = table.render_lines(Region(0, 2, width, 1))[0]
+        assert light.text == dark.text
+        assert {s.style.bgcolor for s in light if s.style} != \
+            {s.style.bgcolor for s in dark if s.style}
