@@ -304,7 +304,8 @@ class FwtopApp(App[None]):
                 yield Static(id="drop-detail", markup=False)
                 yield Static(id="drop-summary", markup=False)
                 yield FilterInput(placeholder="filter drops: src 10.0.0.0/8 and dport 443 "
-                                              "and not proto udp, or plain words",
+                                              "and not proto udp, or plain words (Enter keeps, "
+                                              "Esc clears)",
                                   id="drop-filter", compact=True)
             with Vertical(id="rules-pane"):
                 yield RulesTable(id="rules")
@@ -358,7 +359,8 @@ class FwtopApp(App[None]):
         pane = self._q(PacketsPane)
         if self._capture_factory is not None:
             pane.mount(FilterInput(placeholder="filter packets: words all present, e.g. "
-                                               "\"tcp 8081\" or \"unanswered\"",
+                                               "\"tcp 8081\" or \"unanswered\" (Enter keeps, "
+                                               "Esc clears)",
                                    id="packet-filter", compact=True))
             pane.on_dirty = lambda: self._request("packets")
             self._capture = self._capture_factory(pane.feed, self._on_error)

@@ -93,20 +93,14 @@ class FwtopHeader(Static):
 class FwtopFooter(Footer):
     """Textual's Footer recomposes itself (a layout pass of the whole screen, longer than a
     frame) whenever the focus moves, even when the keys it shows stay the same. This one
-    recomposes only when they change, and not while a filter box has the focus: the letters
-    typed then go into the box, so the keys stay where they are, dimmed, and come back as
-    they were when the box closes."""
-
-    DEFAULT_CSS = """
-    FwtopFooter.-typing FooterKey { text-opacity: 45%; }
-    """
+    recomposes only when they change, and not while a filter box has the focus (the letters
+    typed then go into the box, and the box says how to leave it): the keys stay as they are.
+    Not even dimmed: restyling the footer's keys costs 9 ms on opening and on closing."""
 
     _shown: tuple[tuple[str, str, bool], ...] | None = None
 
     def bindings_changed(self, screen: Screen[object]) -> None:
-        typing = isinstance(screen.focused, Input)
-        self.set_class(typing, "-typing")
-        if typing and self._bindings_ready:
+        if isinstance(screen.focused, Input) and self._bindings_ready:
             return
         shown = tuple((binding.key, binding.description, enabled)
                       for _, binding, enabled, _ in screen.active_bindings.values()
