@@ -220,10 +220,9 @@ def rule_row(rule: Rule, chain: Chain, view: RulesView, flat: bool) -> RowSpec:
     return RowSpec(rule.key, "rule", tuple(cells), rate.pps)
 
 
-def _fresh(hit: tuple[Rule, Counters | None, Rate, bool, RowSpec], rule: Rule,
-           counters: Counters | None, rate: Rate) -> bool:
+def _fresh(hit: _Entry, rule: Rule, counters: Counters | None, rate: Rate) -> bool:
     """A cached row still shows this rule with these counters and this rate."""
-    old_rule, old_counters, old_rate, _, _ = hit
+    old_rule, old_counters, old_rate = hit[0], hit[1], hit[2]
     return (old_counters == counters and (old_rate is rate or old_rate == rate)
             and (old_rule is rule or _static(old_rule) == _static(rule)))
 
@@ -258,35 +257,47 @@ def _static(rule: Rule) -> tuple[object, ...]:
     return (rule.text, rule.comment, rule.position, rule.handle, rule.verdict, rule.target)
 
 
+# A cached row: the rule and the counters and rate it was made with, the layout (flat or not),
+# the view it was last checked against, and the row.
+_Entry = tuple[Rule, Counters | None, Rate, bool, int, RowSpec]
+
+
 class RowsBuilder:
     """Builds the rows of each tick, reusing the previous tick's row of every rule whose
     counters, rate and text did not change (most of a big ruleset is idle), so a tick costs
-    dictionary look-ups for idle rules instead of formatting."""
+    dictionary look-ups for idle rules instead of formatting. Each order (chain order, busiest
+    first) has its own rows, and a rule a filter hides is still kept current, so `s`, and
+    clearing a filter, show rows that are ready: the keys that change the whole pane cost
+    look-ups too."""
 
     def __init__(self) -> None:
-        # One cache per layout (chain order, busiest first), so `s` back and forth formats
-        # only the rules that changed since that layout was last shown.
-        self._caches: dict[bool, dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]]] = {}
-        self._cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]] = {}
+        self._caches: dict[bool, dict[str, _Entry]] = {}
+        self._cache: dict[str, _Entry] = {}
+        self._view: RulesView | None = None
+        self._generation = 0  # of the view: an entry checked against this one is current
 
     def _rule_row(self, rule: Rule, chain: Chain, view: RulesView, flat: bool,
-                  cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]]) -> RowSpec:
+                  cache: dict[str, _Entry]) -> RowSpec:
+        hit = self._cache.get(rule.key)
+        generation = self._generation
+        if hit is not None and hit[3] == flat and hit[4] == generation and hit[0] is rule:
+            cache[rule.key] = hit  # checked against this very view already
+            return hit[5]
         counters = view.counters.get(rule.key, rule.counters)
         rate = view.rates.get(rule.key, ZERO_RATE)
-        hit = self._cache.get(rule.key)
         if hit is not None and hit[3] == flat and _fresh(hit, rule, counters, rate):
-            cache[rule.key] = hit
-            return hit[4]
+            cache[rule.key] = (rule, counters, rate, flat, generation, hit[5])
+            return hit[5]
         other = self._caches.get(not flat, {}).get(rule.key)
         if other is not None and _fresh(other, rule, counters, rate):
             # The other order's row is current (the key `s` was just pressed): the two differ
             # only in the chain named before the rule's text.
-            row = _reorder_row(other[4], chain, flat)
+            row = _reorder_row(other[5], chain, flat)
         else:
             row = rule_row(rule, chain, view, flat)
         if hit is not None and hit[3] == flat:
-            row = _keep_equal_cells(row, hit[4])
-        cache[rule.key] = (rule, counters, rate, flat, row)
+            row = _keep_equal_cells(row, hit[5])
+        cache[rule.key] = (rule, counters, rate, flat, generation, row)
         return row
 
     def rows(self, view: RulesView, needle: str = "", by_activity: bool = False) -> list[RowSpec]:
@@ -297,13 +308,13 @@ class RowsBuilder:
         order), each rule prefixed with its chain. `needle` keeps rules whose text, comment,
         chain, table or target contains it (case-insensitive), and the chains holding them."""
         needle = needle.strip().lower()
+        if view is not self._view:
+            self._view = view
+            self._generation += 1
         self._cache = self._caches.get(by_activity, {})
         rows: list[RowSpec] = []
         seen: set[str] = set()
-        # Filtered, the hidden rules keep their rows (clearing the filter reuses them);
-        # unfiltered, only what this tick used is kept, so reloads do not pile up.
-        cache: dict[str, tuple[Rule, Counters | None, Rate, bool, RowSpec]] = \
-            dict(self._cache) if needle else {}
+        cache: dict[str, _Entry] = {}  # only what this view has: reloads do not pile up
 
         def add(row: RowSpec) -> None:
             # rule_key() makes keys unique in a sane ruleset; a duplicate must not crash the UI
@@ -317,15 +328,22 @@ class RowsBuilder:
 
         for table in view.ruleset.tables:
             for chain in table.chains:
-                kept = [r for r in chain.rules if not needle or _rule_matches(r, needle)]
-                chain_hit = bool(needle) and (needle in chain.name.lower()
-                                              or needle in chain.table.lower())
-                if needle and not kept and not chain_hit:
+                made = [(r, self._rule_row(r, chain, view, by_activity, cache))
+                        for r in chain.rules]
+                if not needle:
+                    if not by_activity or chain.policy is not None:
+                        add(chain_row(chain, view, by_activity))
+                    for _, row in made:
+                        add(row)
+                    continue
+                kept = [row for r, row in made if _rule_matches(r, needle)]
+                if not kept and not (needle in chain.name.lower()
+                                     or needle in chain.table.lower()):
                     continue
                 if not by_activity or chain.policy is not None:
                     add(chain_row(chain, view, by_activity))
-                for rule in kept:
-                    add(self._rule_row(rule, chain, view, by_activity, cache))
+                for row in kept:
+                    add(row)
         self._caches[by_activity] = cache
         if by_activity:
             order = {row.key: i for i, row in enumerate(rows)}

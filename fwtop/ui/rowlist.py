@@ -251,7 +251,7 @@ class RowList(ScrollView, can_focus=True):
         # Cells long gone are forgotten, past a bound set by the most rows shown (a filter
         # showing few must not forget the rest: they come back when it is cleared).
         self._most_rows = max(self._most_rows, len(self._cells))
-        if len(measured) > 8 * len(auto) * self._most_rows + 4096:
+        if len(measured) > 3 * len(auto) * self._most_rows + 1024:
             self._measured = {id(c[i]): measured[id(c[i])] for c in self._cells for i in auto}
         if grew:
             if len(self._strips):

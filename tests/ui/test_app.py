@@ -237,6 +237,16 @@ def test_rows_are_reused_across_sort_and_filter(monkeypatch: pytest.MonkeyPatch)
         assert formatted == []
         assert [(r.key, r.cells) for r in rows] == \
             [(r.key, r.cells) for r in rows_for(view, by_activity=flat)]
+    # A rule hidden by the filter is kept current on every tick, so clearing the filter
+    # formats nothing, and shows the hidden rule's new counters.
+    moved = v.next({DNS.key: 30, WEB_DROP.key: 90, SSH.key: 7})
+    assert SSH.key not in {r.key for r in builder.rows(moved, needle="dport 53")}
+    calls: list[object] = []
+    monkeypatch.setattr(render, "rule_row", lambda *a: calls.append(a))
+    cleared = {r.key: r for r in builder.rows(moved)}
+    monkeypatch.undo()
+    assert calls == []
+    assert cleared[SSH.key].cells == {r.key: r for r in rows_for(moved)}[SSH.key].cells
 
 
 # --- the app --------------------------------------------------------------------------------------
