@@ -2,8 +2,8 @@
 the service layer (the rules Monitor and the DropStream).
 
 Both call back from their own threads. The callbacks never touch a widget: they park the newest
-view (or append the new drops to a bounded pending list) and post a message; the UI thread
-renders at most RENDER_HZ times a second, so data that arrives faster than that is coalesced.
+view (or log the new drops into the bounded DropLog) and post a message; the UI thread renders
+at most RENDER_HZ times a second, so data that arrives faster than that is coalesced.
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ class ConntrackHandle(Protocol):
 ConntrackFactory = Callable[[Callable[[ConntrackView], None], Callable[[str], None]],
                             ConntrackHandle]
 
+
 class DropsReady(Message):
-    """New drops are waiting in the app's pending list."""
+    """New drops have been logged since the Drops pane last rendered."""
 
 
 class AttributionsReady(Message):

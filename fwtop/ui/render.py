@@ -222,19 +222,9 @@ def rule_row(rule: Rule, chain: Chain, view: RulesView, flat: bool) -> RowSpec:
 
 def _fresh(hit: _Entry, rule: Rule, counters: Counters | None, rate: Rate) -> bool:
     """A cached row still shows this rule with these counters and this rate."""
-    old_rule, old_counters, old_rate = hit[0], hit[1], hit[2]
+    old_rule, old_counters, old_rate, _, _ = hit
     return (old_counters == counters and (old_rate is rate or old_rate == rate)
             and (old_rule is rule or _static(old_rule) == _static(rule)))
-
-
-def _keep_equal_cells(row: RowSpec, before: RowSpec) -> RowSpec:
-    """The new row with every cell that did not change taken from the row before: a cell is
-    measured once per object (RowList), and a rule's text and comment rarely change."""
-    if len(row.cells) != len(before.cells):
-        return row
-    cells = tuple(old if old == new else new
-                  for new, old in zip(row.cells, before.cells, strict=True))
-    return RowSpec(row.key, row.kind, cells, row.pps)
 
 
 def _reorder_row(row: RowSpec, chain: Chain, flat: bool) -> RowSpec:
@@ -258,8 +248,8 @@ def _static(rule: Rule) -> tuple[object, ...]:
 
 
 # A cached row: the rule and the counters and rate it was made with, the layout (flat or not),
-# the view it was last checked against, and the row.
-_Entry = tuple[Rule, Counters | None, Rate, bool, int, RowSpec]
+# and the row.
+_Entry = tuple[Rule, Counters | None, Rate, bool, RowSpec]
 
 
 class RowsBuilder:
@@ -273,31 +263,28 @@ class RowsBuilder:
     def __init__(self) -> None:
         self._caches: dict[bool, dict[str, _Entry]] = {}
         self._cache: dict[str, _Entry] = {}
-        self._view: RulesView | None = None
-        self._generation = 0  # of the view: an entry checked against this one is current
+        self._checked: dict[bool, RulesView] = {}  # the view each order's rows were made for
+        self._current = False  # rows() is given the view its order's rows were made for
 
     def _rule_row(self, rule: Rule, chain: Chain, view: RulesView, flat: bool,
                   cache: dict[str, _Entry]) -> RowSpec:
         hit = self._cache.get(rule.key)
-        generation = self._generation
-        if hit is not None and hit[3] == flat and hit[4] == generation and hit[0] is rule:
-            cache[rule.key] = hit  # checked against this very view already
-            return hit[5]
+        if self._current and hit is not None and hit[0] is rule:
+            cache[rule.key] = hit  # made for this very view (a filter typed or cleared)
+            return hit[4]
         counters = view.counters.get(rule.key, rule.counters)
         rate = view.rates.get(rule.key, ZERO_RATE)
-        if hit is not None and hit[3] == flat and _fresh(hit, rule, counters, rate):
-            cache[rule.key] = (rule, counters, rate, flat, generation, hit[5])
-            return hit[5]
+        if hit is not None and _fresh(hit, rule, counters, rate):
+            cache[rule.key] = hit
+            return hit[4]
         other = self._caches.get(not flat, {}).get(rule.key)
         if other is not None and _fresh(other, rule, counters, rate):
             # The other order's row is current (the key `s` was just pressed): the two differ
             # only in the chain named before the rule's text.
-            row = _reorder_row(other[5], chain, flat)
+            row = _reorder_row(other[4], chain, flat)
         else:
             row = rule_row(rule, chain, view, flat)
-        if hit is not None and hit[3] == flat:
-            row = _keep_equal_cells(row, hit[5])
-        cache[rule.key] = (rule, counters, rate, flat, generation, row)
+        cache[rule.key] = (rule, counters, rate, flat, row)
         return row
 
     def rows(self, view: RulesView, needle: str = "", by_activity: bool = False) -> list[RowSpec]:
@@ -308,10 +295,8 @@ class RowsBuilder:
         order), each rule prefixed with its chain. `needle` keeps rules whose text, comment,
         chain, table or target contains it (case-insensitive), and the chains holding them."""
         needle = needle.strip().lower()
-        if view is not self._view:
-            self._view = view
-            self._generation += 1
         self._cache = self._caches.get(by_activity, {})
+        self._current = self._checked.get(by_activity) is view
         rows: list[RowSpec] = []
         seen: set[str] = set()
         cache: dict[str, _Entry] = {}  # only what this view has: reloads do not pile up
@@ -345,6 +330,7 @@ class RowsBuilder:
                 for row in kept:
                     add(row)
         self._caches[by_activity] = cache
+        self._checked[by_activity] = view
         if by_activity:
             order = {row.key: i for i, row in enumerate(rows)}
             rows.sort(key=lambda row: (-row.pps, order[row.key]))
