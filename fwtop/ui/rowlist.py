@@ -25,12 +25,17 @@ from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.cache import LRUCache
+from textual.color import Color
+from textual.filter import LineFilter
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 Segment = tuple[str, str]  # (terminal-safe text, Rich style)
+# What every line of one frame shares: the widget's width, sideways scroll and base style, and
+# the app's line filters with the background they need.
+Frame = tuple[int, int, Style, tuple[LineFilter, ...], Color | None]
 Cell = tuple[Segment, ...]
 Cells = tuple[Cell, ...]
 
@@ -150,10 +155,9 @@ class RowList(ScrollView, can_focus=True):
         self._widths = [c.width if c.width is not None else cell_len(c.label)
                         for c in self.COLUMNS]
         # row key -> (cells, finished line, the frame it was made for)
-        self._strips: LRUCache[Hashable, tuple[Cells, Strip, tuple[int, int, Style]]] = \
-            LRUCache(self.CACHE_ROWS)
-        self._frame: tuple[int, int, Style] | None = None
-        self._header: tuple[Strip, tuple[tuple[int, int, Style], Style]] | None = None
+        self._strips: LRUCache[Hashable, tuple[Cells, Strip, Frame]] = LRUCache(self.CACHE_ROWS)
+        self._frame: Frame | None = None
+        self._header: tuple[Strip, tuple[Frame, Style]] | None = None
         self.cursor_row = 0
         self.rebuilds = 0  # times a column grew and every cached row had to be drawn again
         self.rows_drawn = 0  # rows rendered into a strip (a cached row costs nothing)
@@ -331,10 +335,10 @@ class RowList(ScrollView, can_focus=True):
             segments.append(pad)
         return segments
 
-    def _line(self, segments: list[RichSegment], frame: tuple[int, int, Style]) -> Strip:
+    def _line(self, segments: list[RichSegment], frame: Frame) -> Strip:
         """A row's segments as the widget shows them: scrolled sideways (the fixed columns
         stay) and exactly as wide as the widget. Unscrolled, one Strip is made, not three."""
-        width, scroll_x, base = frame
+        width, scroll_x, base, _, _ = frame
         total = self.total_width
         if scroll_x:
             strip = Strip(segments, total)
@@ -348,11 +352,21 @@ class RowList(ScrollView, can_focus=True):
         strip = Strip(segments, total)
         return strip if total == width else strip.crop(0, width)
 
-    def _row_line(self, row: int, frame: tuple[int, int, Style]) -> Strip:
+    @staticmethod
+    def _filtered(strip: Strip, frame: Frame) -> Strip:
+        """The app's line filters (NO_COLOR, ANSI colours to the theme's) applied once, when a
+        line is made: the cache keeps the finished line only, not the line and its copy."""
+        _, _, _, filters, background = frame
+        for line_filter in filters:
+            assert background is not None
+            strip = strip.apply_filter(line_filter, background)
+        return strip
+
+    def _row_line(self, row: int, frame: Frame) -> Strip:
         """The finished line of a row, cached with the cells and the frame it was made for:
         a row that did not change costs a dictionary look-up per frame. The frame holds the
-        widget's base style, so a new theme draws every row again; a focus change (it only
-        restyles the cursor row, on the way out) draws none."""
+        widget's base style and the app's filters, so a new theme draws every row again; a
+        focus change (it only restyles the cursor row) draws none."""
         key = self._keys[row]
         cells = self._cells[row]
         cached = self._strips.get(key)
@@ -361,51 +375,52 @@ class RowList(ScrollView, can_focus=True):
             return cached[1]
         if cached is None or not (cached[0] is cells or cached[0] == cells):
             self.rows_drawn += 1  # new cells (a new frame alone only restyles the same row)
-        line = self._line(self._segments(cells, frame[2]), frame)
+        line = self._filtered(self._line(self._segments(cells, frame[2]), frame), frame)
         self._strips[key] = (cells, line, frame)
         return line
 
-    def _header_line(self, frame: tuple[int, int, Style]) -> Strip:
+    def _header_line(self, frame: Frame) -> Strip:
         style = frame[2] + self.get_component_rich_style("rowlist--header")
         if self._header is None or self._header[1] != (frame, style):
             labels = [c.label for c in self.COLUMNS]
-            self._header = (self._line(self._segments(labels, style), frame), (frame, style))
+            line = self._filtered(self._line(self._segments(labels, style), frame), frame)
+            self._header = (line, (frame, style))
         return self._header[0]
+
+    def _make_frame(self) -> Frame:
+        filters = tuple(self.get_line_filters())
+        return (self.scrollable_content_region.width, round(self.scroll_x), self.rich_style,
+                filters, self.background_colors[1] if filters else None)
 
     def render_lines(self, crop: Region) -> list[Strip]:
         """The rows in `crop`, straight from the row cache. Not through Textual's styles cache
         (Widget.render_lines): it would wrap every line in a new Strip again to apply
-        borders, padding and opacity this widget does not have; only the app's line filters
-        (NO_COLOR, dimming) are applied, as it would."""
-        frame = (self.scrollable_content_region.width, round(self.scroll_x), self.rich_style)
+        borders, padding and opacity this widget does not have; the app's line filters
+        (NO_COLOR, ANSI colours) are applied as it would, once per line made."""
+        frame = self._make_frame()
         self._frame = frame
         strips = [self.render_line(y) for y in crop.line_range]
-        filters = self.get_line_filters()
-        if filters:
-            background = self.background_colors[1]
-            for line_filter in filters:
-                strips = [strip.apply_filter(line_filter, background) for strip in strips]
         x1, x2 = crop.column_span
         if (x1, x2) != (0, frame[0]):
             strips = [strip.crop(x1, x2) for strip in strips]
         return strips
 
     def render_line(self, y: int) -> Strip:
-        frame = self._frame
-        if frame is None:
-            frame = (self.scrollable_content_region.width, round(self.scroll_x),
-                     self.rich_style)
-        width, _, base = frame
+        frame = self._frame if self._frame is not None else self._make_frame()
+        width, base = frame[0], frame[2]
         if y == 0:
             return self._header_line(frame)
         row = round(self.scroll_y) + y - 1
         if row >= len(self._keys):
-            return Strip.blank(width, base)
-        line = self._row_line(row, frame)
+            return self._filtered(Strip.blank(width, base), frame)
         if row != self.cursor_row:
-            return line
+            return self._row_line(row, frame)
+        # The cursor's style goes under the filters, like every other style: made afresh.
+        self._row_line(row, frame)
+        line = self._line(self._segments(self._cells[row], base), frame)
         cursor = self.get_component_rich_style("rowlist--cursor")
-        return Strip(RichSegment.apply_style(line, post_style=cursor), line.cell_length)
+        return self._filtered(
+            Strip(RichSegment.apply_style(line, post_style=cursor), line.cell_length), frame)
 
     def cell_plain(self, row: int, column: str) -> str:
         return "".join(text for text, _ in self._cells[row][self.column_index(column)])
