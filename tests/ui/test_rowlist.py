@@ -47,11 +47,11 @@ async def test_lines_fill_the_widget_crop_and_take_the_app_filters() -> None:
         app._filters.append(Monochrome())
         grey = table.render_lines(Region(0, 0, width, 5))
         assert [s.text for s in grey] == [s.text for s in full]
-        for strip in grey[2:]:
+        for strip in grey:  # the header, the cursor row (its style under the filter too), rows
             for seg in strip:
-                color = seg.style.color if seg.style else None
-                assert color is None or color.triplet is None or \
-                    len({*color.triplet}) == 1, seg  # grey: r == g == b
+                for color in (seg.style.color, seg.style.bgcolor) if seg.style else ():
+                    assert color is None or color.triplet is None or \
+                        len({*color.triplet}) == 1, seg  # grey: r == g == b
 
 
 async def test_a_new_theme_redraws_the_cached_rows_and_focus_does_not() -> None:
