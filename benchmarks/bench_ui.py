@@ -880,7 +880,7 @@ class Bench:
               f"the pane's title says {pane.shed:,} not listed")
         ui_shed = app.drops_shed - drops.overflow
         print(f"   drops: generated {drops.generated:,}; stream overflow {drops.overflow:,}; "
-              f"UI pending-list shed {ui_shed:,}; logged by the UI {app.drop_log.total:,}; "
+              f"shed by the UI {ui_shed:,}; logged by the UI {app.drop_log.total:,}; "
               f"ever on screen {self.drops_on_screen:,} "
               f"({self.drops_on_screen / max(1, drops.generated):.1%}); app.drops_shed "
               f"{app.drops_shed:,}")

@@ -370,10 +370,10 @@ class RowList(ScrollView, can_focus=True):
         key = self._keys[row]
         cells = self._cells[row]
         cached = self._strips.get(key)
-        if (cached is not None and cached[2] == frame
-                and (cached[0] is cells or cached[0] == cells)):
+        same_cells = cached is not None and (cached[0] is cells or cached[0] == cells)
+        if same_cells and cached is not None and cached[2] == frame:
             return cached[1]
-        if cached is None or not (cached[0] is cells or cached[0] == cells):
+        if not same_cells:
             self.rows_drawn += 1  # new cells (a new frame alone only restyles the same row)
         line = self._filtered(self._line(self._segments(cells, frame[2]), frame), frame)
         self._strips[key] = (cells, line, frame)
@@ -415,8 +415,8 @@ class RowList(ScrollView, can_focus=True):
             return self._filtered(Strip.blank(width, base), frame)
         if row != self.cursor_row:
             return self._row_line(row, frame)
-        # The cursor's style goes under the filters, like every other style: made afresh.
-        self._row_line(row, frame)
+        # The cursor's style goes under the filters, like every other style: made afresh
+        # (one row a frame; the cache keeps rows as they look without the cursor).
         line = self._line(self._segments(self._cells[row], base), frame)
         cursor = self.get_component_rich_style("rowlist--cursor")
         return self._filtered(
